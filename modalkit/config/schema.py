@@ -1,0 +1,156 @@
+"""The schema of `modalkit.yaml`: data only; translation to Modal arguments lives in `translate.py`."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modalkit.exceptions import ConfigDeprecationWarning
+
+GPU_TYPES = (
+    "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
+    "RTX-PRO-6000", "H100", "H100!", "H200", "B200", "B200+",
+)  # fmt: skip
+_GPU_RE = re.compile(r"^(?P<type>[A-Z0-9+!-]+?)(?::(?P<count>\d+))?$")
+
+# Old ModalKit / Modal < 1.0 names and the Modal 1.6 key each became.
+DEPRECATED_DEPLOYMENT_KEYS = {
+    "concurrency_limit": "max_containers",
+    "keep_warm": "min_containers",
+    "container_idle_timeout": "scaledown_window",
+    "allow_concurrent_inputs": "max_concurrent_inputs",
+    "allow_concurrent_inputs_handler": "max_concurrent_inputs_handler",
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def normalize_gpu(value: str) -> str:
+    match = _GPU_RE.match(value.strip().upper())
+    if not match or match["type"] not in GPU_TYPES:
+        raise ValueError(f"unknown GPU {value!r}; use one of {', '.join(GPU_TYPES)}, optionally with ':N' (N 1-8)")
+    count = match["count"]
+    if count is not None and not 1 <= int(count) <= 8:
+        raise ValueError(f"GPU count in {value!r} must be between 1 and 8")
+    return match["type"] + (f":{count}" if count else "")
+
+
+class BuildConfig(Section):
+    python_version: str = "3.11"
+    pip_packages: list[str] = []
+    apt_packages: list[str] = []
+    run_commands: list[str] = []
+    env: dict[str, str] = {}
+    workdir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "extra_run_commands" in data:
+            data = dict(data)
+            _deprecated("build_config.extra_run_commands", "build_config.run_commands")
+            data["run_commands"] = list(data.get("run_commands", [])) + list(data.pop("extra_run_commands"))
+        return data
+
+
+class DeploymentConfig(Section):
+    gpu: str | list[str] | None = None
+    cpu: float | tuple[float, float] | None = None
+    memory: int | tuple[int, int] | None = None
+    timeout: int = Field(300, ge=1, le=86400)
+    min_containers: int = Field(0, ge=0)
+    max_containers: int | None = Field(None, ge=1)
+    buffer_containers: int | None = Field(None, ge=0)
+    scaledown_window: int = Field(60, ge=2, le=3600)
+    max_concurrent_inputs: int = Field(1, ge=1, le=1000)
+    max_concurrent_inputs_handler: int = Field(100, ge=1, le=1000)
+    region: str | list[str] | None = None
+    retries: int | None = Field(None, ge=0, le=10)
+    secrets: list[str] = []
+    volumes: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in DEPRECATED_DEPLOYMENT_KEYS.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(f"both {old!r} and its new name {new!r} are set; keep only {new!r}")
+            _deprecated(f"deployment_config.{old}", f"deployment_config.{new}")
+            value = data.pop(old)
+            # allow_concurrent_inputs: true meant "some concurrency" in old ModalKit configs.
+            data[new] = 100 if value is True else value
+        return data
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return normalize_gpu(value)
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty GPU fallback list; leave gpu unset for CPU only")
+            return [normalize_gpu(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: float | tuple[float, float] | None) -> float | tuple[float, float] | None:
+        request, limit = value if isinstance(value, tuple) else (value, value)
+        if request is not None and limit is not None and not 0 < request <= limit:
+            raise ValueError("cpu must be > 0, and a (request, limit) pair needs request <= limit")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        request, limit = value if isinstance(value, tuple) else (value, value)
+        if request is not None and limit is not None and not 0 < request <= limit:
+            raise ValueError("memory (MiB) must be > 0, and a (request, limit) pair needs request <= limit")
+        return value
+
+    @model_validator(mode="after")
+    def _containers(self) -> DeploymentConfig:
+        if self.max_containers is not None and self.min_containers > self.max_containers:
+            raise ValueError(
+                f"min_containers ({self.min_containers}) is greater than max_containers ({self.max_containers})"
+            )
+        return self
+
+
+class BatchConfig(Section):
+    max_batch_size: int = Field(8, ge=1, le=1000)
+    wait_ms: int = Field(10, ge=0, le=600_000)
+
+
+class QueueConfig(Section):
+    backend: Literal["memory", "redis", "modal"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class AppSettings(Section):
+    app_prefix: str = Field("modalkit-app", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    build_config: BuildConfig = BuildConfig()
+    deployment_config: DeploymentConfig = DeploymentConfig()
+    batch_config: BatchConfig = BatchConfig()
+    queue_config: QueueConfig = QueueConfig()
+
+
+class ModelSettings(Section):
+    local_model_repository_folder: str = "models"
+    common: dict[str, Any] = {}
+    # Each entry is passed to the InferenceBase constructor as keyword arguments.
+    model_entries: dict[str, dict[str, Any]] = {}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"modalkit config: {old} is deprecated, use {new}", ConfigDeprecationWarning, stacklevel=2)

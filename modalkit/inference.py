@@ -1,0 +1,74 @@
+"""`InferenceBase`: what a user writes. The constructor loads; `predict` maps a batch to outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modalkit.cuda import is_cuda_error
+from modalkit.exceptions import ModalkitError
+
+
+class InferenceBase:
+    """Subclass this with your model.
+
+    `__init__` runs once per container (inside `load_artefacts`) and receives the model entry
+    from `model_settings.model_entries.<name>` as keyword arguments. `predict` takes a list of
+    inputs and returns one output per input, in order. To fail a single item, put an exception in
+    its place (or raise `InferenceError` from a one-item batch).
+
+        class Upper(InferenceBase):
+            def predict(self, inputs):
+                return [Out(text=i.text.upper()) for i in inputs]
+    """
+
+    def __init__(self, model_name: str = "", model_dir: str = "", common_settings: dict[str, Any] | None = None,
+                 **entry: Any) -> None:  # fmt: skip
+        self.model_name = model_name
+        self.model_dir = model_dir
+        self.common_settings = common_settings or {}
+
+    def preprocess(self, inputs: list[Any]) -> list[Any]:
+        return inputs
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(inputs) -> outputs")
+
+    def postprocess(self, outputs: list[Any]) -> list[Any]:
+        return outputs
+
+    def warmup(self) -> None:
+        """Runs once after loading, before the first request: compile, allocate, fill caches."""
+
+    def on_volume_reload(self) -> None:
+        """Runs after the container's volumes are reloaded."""
+
+    def run(self, inputs: list[Any]) -> list[Any]:
+        """The whole pipeline on one batch; an item whose inference raised comes back as its exception.
+
+        A failing batch is retried item by item so that one bad input fails alone. CUDA errors
+        are not retried here: they propagate so the container can be recycled.
+        """
+        try:
+            return self._pipeline(inputs)
+        except Exception as exc:
+            if is_cuda_error(exc):
+                raise
+            if len(inputs) == 1:
+                return [exc]
+        return [self._one(item) for item in inputs]
+
+    def _one(self, item: Any) -> Any:
+        try:
+            return self._pipeline([item])[0]
+        except Exception as exc:
+            if is_cuda_error(exc):
+                raise
+            return exc
+
+    def _pipeline(self, inputs: list[Any]) -> list[Any]:
+        outputs = self.postprocess(self.predict(self.preprocess(inputs)))
+        if len(outputs) != len(inputs):
+            raise ModalkitError(
+                f"{type(self).__name__}.predict returned {len(outputs)} outputs for {len(inputs)} inputs"
+            )
+        return list(outputs)

@@ -1,0 +1,69 @@
+"""A local container: a process that runs `load_artefacts` once, then serves batches until stopped.
+
+Run by the container pool as `python -m modalkit.runtime.local.worker APP_PATH ATTRIBUTE MODEL_NAME`;
+frames arrive on stdin and leave on stdout, and anything the model prints goes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Any
+
+from modalkit.app_loader import ServiceRef, load_service, user_class
+from modalkit.outcome import Failure
+from modalkit.runtime.local import frames
+
+EXIT_RECYCLE = 75
+
+
+def main(argv: list[str]) -> int:
+    app_path, attribute, model_name = argv
+    frames_in, frames_out = _take_over_stdio()
+    started = time.perf_counter()
+    try:
+        service = load_service(ServiceRef(app_path, attribute))
+        obj = service(**_parameters(service, model_name))
+        obj.process_request.local([])  # the first local call runs @modal.enter: load_artefacts, once
+    except BaseException as exc:
+        _send(frames_out, ("load_failed", f"{type(exc).__name__}: {exc}"))
+        return 3
+    _send(frames_out, ("ready", {"pid": os.getpid(), "load_seconds": time.perf_counter() - started}))
+    while True:
+        message = frames.read_blocking(frames_in)
+        if message is None or message[0] == "stop":
+            return 0
+        items = message[1]
+        results = obj.process_request.local(items)
+        _send(frames_out, ("results", results), fallback_size=len(items))
+        if any(isinstance(r, Failure) and r.recycles_container for r in results):
+            return EXIT_RECYCLE
+
+
+def _take_over_stdio() -> tuple[IO[bytes], IO[bytes]]:
+    frames_in = os.fdopen(os.dup(0), "rb")
+    frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a print() in user code must not corrupt the frames
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    return frames_in, frames_out
+
+
+def _parameters(service: Any, model_name: str) -> dict[str, Any]:
+    declared = getattr(user_class(service), "model_name", None)
+    return {"model_name": model_name} if type(declared).__name__ == "_Parameter" else {}
+
+
+def _send(stream: IO[bytes], message: Any, fallback_size: int = 0) -> None:
+    try:
+        data = frames.encode(message)
+    except Exception as exc:  # an output that cannot be pickled fails its batch, not the container
+        failure = Failure(500, f"output could not be sent back: {type(exc).__name__}: {exc}")
+        data = frames.encode(("results", [failure] * fallback_size))
+    stream.write(data)
+    stream.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,100 @@
+"""`ModalService`: the one place user inference runs, on Modal and in local containers alike."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+# Imported at run time, not under TYPE_CHECKING: Modal evaluates the service class's annotations.
+from modalkit.config import ModalConfig
+from modalkit.cuda import is_cuda_error
+from modalkit.exceptions import ConfigError
+from modalkit.inference import InferenceBase
+from modalkit.outcome import Failure
+
+logger = logging.getLogger("modalkit.service")
+
+
+class ModalService:
+    """Subclass with `inference_implementation`, `modal_config` and a `model_name` parameter; decorate with `@app.cls`.
+
+    Each concrete subclass gets `load_artefacts` as `@modal.enter()` and `process_request` as
+    `@modal.batched(...)`, built from that subclass's own `modal_config` when the class is created.
+    """
+
+    inference_implementation: ClassVar[type[InferenceBase]]
+    modal_config: ClassVar[ModalConfig]
+    model_name: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "modal_config" not in cls.__dict__:
+            return  # an intermediate base class: the leaf class brings the config
+        import modal
+
+        def load_artefacts(self: ModalService) -> None:
+            self._load()
+
+        def process_request(self: ModalService, batch: list[Any]) -> list[Any]:
+            return self._process(batch)
+
+        for method in (load_artefacts, process_request):
+            method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
+            method.__module__ = cls.__module__
+        cls.load_artefacts = modal.enter()(load_artefacts)  # type: ignore[attr-defined]
+        cls.process_request = modal.batched(**cls.modal_config.get_batched_settings())(process_request)  # type: ignore[attr-defined]
+
+    @classmethod
+    def default_model_name(cls) -> str:
+        declared = cls.__dict__.get("model_name", getattr(cls, "model_name", None))
+        default = getattr(declared, "default", declared)
+        if isinstance(default, str):
+            return default
+        names = cls.modal_config.model_names()
+        if not names:
+            raise ConfigError(["model_settings.model_entries: no entries, and the service declares no model_name"])
+        return names[0]
+
+    def _load(self) -> None:
+        settings = self.modal_config.model_settings
+        name = self._model_name()
+        if settings.model_entries and name not in settings.model_entries:
+            known = ", ".join(settings.model_entries)
+            raise ConfigError([f"model_settings.model_entries: no entry {name!r} (known: {known})"])
+        entry = settings.model_entries.get(name, {})
+        logger.info("loading model %r with %s", name, self.inference_implementation.__name__)
+        self._model = self.inference_implementation(
+            model_name=name,
+            model_dir=settings.local_model_repository_folder,
+            common_settings=dict(settings.common),
+            **entry,
+        )
+        self._model.warmup()
+
+    def _model_name(self) -> str:
+        name = getattr(self, "model_name", None)
+        return name if isinstance(name, str) else self.default_model_name()
+
+    def _process(self, batch: list[Any]) -> list[Any]:
+        if not batch:
+            return []
+        try:
+            outputs = self._model.run(batch)
+        except Exception as exc:
+            if is_cuda_error(exc):
+                return self._recycle(exc, len(batch))
+            logger.exception("batch of %d failed", len(batch))
+            return [Failure.from_exception(exc)] * len(batch)
+        return [Failure.from_exception(o) if isinstance(o, BaseException) else o for o in outputs]
+
+    def _recycle(self, exc: BaseException, size: int) -> list[Any]:
+        import modal
+
+        logger.error("CUDA error, recycling this container: %s", exc)
+        if not modal.is_local():
+            from modal.experimental import stop_fetching_inputs
+
+            stop_fetching_inputs()
+        # Locally the worker process sees cause="cuda" and exits once it has replied.
+        failure = Failure(503, f"container recycled after a CUDA error: {exc}; retry the request", "cuda")
+        return [failure] * size

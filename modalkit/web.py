@@ -1,0 +1,122 @@
+"""`create_web_endpoints`: the FastAPI app in front of a service, the same on Modal and locally."""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from modalkit.app_loader import user_class
+from modalkit.outcome import Failure
+from modalkit.runtime import Runtime, select_runtime
+
+
+class ItemError(BaseModel):
+    status_code: int
+    detail: Any
+
+
+class BatchItemError(BaseModel):
+    """Stands in `/predict_batch`'s answer for an item that failed; the other items are unaffected."""
+
+    error: ItemError
+
+
+def create_web_endpoints(
+    service_cls: Any,
+    input_model: type[BaseModel],
+    output_model: type[BaseModel],
+    runtime: Runtime | None = None,
+) -> FastAPI:
+    """The web app of a `ModalService` subclass: `/predict`, `/predict_batch`, `/health`, OpenAPI docs.
+
+    Inside Modal it calls the service class remotely; elsewhere it starts local containers.
+    """
+    service = user_class(service_cls)
+    config = service.modal_config
+    default_model = service.default_model_name()
+    model_names = config.model_names() or [default_model]
+    chosen = runtime or select_runtime(service_cls, config, model_names)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await chosen.start()
+        try:
+            yield
+        finally:
+            await chosen.stop()
+
+    app = FastAPI(title=config.app_name, lifespan=lifespan)
+    app.state.runtime = chosen
+
+    def model_name_param(
+        model_name: str | None = Query(None, description=f"a model entry: {', '.join(model_names)}"),
+    ) -> str:
+        name = model_name or default_model
+        if name not in model_names:
+            raise HTTPException(404, f"unknown model_name {name!r}; known: {', '.join(model_names)}")
+        return name
+
+    async def predict(item: input_model, model_name: str = Depends(model_name_param)) -> Any:  # type: ignore[valid-type]
+        result = await chosen.submit(model_name, item)
+        if isinstance(result, Failure):
+            raise HTTPException(result.status_code, result.detail)
+        return result
+
+    for path in ("/predict", "/predict_sync"):
+        app.add_api_route(path, predict, methods=["POST"], response_model=output_model, name=path[1:])
+
+    batch_body = {"type": "array", "items": {"$ref": f"#/components/schemas/{input_model.__name__}"}}
+
+    @app.post(
+        "/predict_batch",
+        response_model=list[output_model | BatchItemError],  # type: ignore[valid-type]
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_body}}}},
+    )
+    async def predict_batch(request: Request, model_name: str = Depends(model_name_param)) -> list[Any]:
+        items = await _batch_items(request)
+        answers: list[Any] = [None] * len(items)
+        valid: dict[int, Any] = {}
+        for index, raw in enumerate(items):
+            try:
+                valid[index] = input_model.model_validate(raw)
+            except ValidationError as exc:
+                answers[index] = _item_error(422, _located(exc, index))
+        results = await asyncio.gather(*(chosen.submit(model_name, item) for item in valid.values()))
+        for index, result in zip(valid, results, strict=True):
+            answers[index] = _item_error(result.status_code, result.detail) if isinstance(result, Failure) else result
+        return answers
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready = chosen.ready()
+        body = {"status": "ready" if ready else "not ready", **chosen.health()}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return app
+
+
+async def _batch_items(request: Request) -> list[Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(422, [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]) from None
+    if not isinstance(body, list):
+        raise HTTPException(422, [{"loc": ["body"], "msg": "expected a JSON array of inputs", "type": "list_type"}])
+    return body
+
+
+def _located(exc: ValidationError, index: int) -> list[dict[str, Any]]:
+    return [
+        {"loc": ["body", index, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _item_error(status_code: int, detail: Any) -> BatchItemError:
+    return BatchItemError(error=ItemError(status_code=status_code, detail=detail))
