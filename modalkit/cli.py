@@ -38,7 +38,11 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
 
 
 @main.command()
-@click.option("--file", "config_files", help="Config file(s), comma-separated; default: $MODALKIT_CONFIG or modalkit.yaml.")
+@click.option(
+    "--file",
+    "config_files",
+    help="Config file(s), comma-separated; default: $MODALKIT_CONFIG or modalkit.yaml.",
+)
 def config(config_files: str | None) -> None:
     """Print the resolved configuration and the Modal arguments it becomes."""
     import yaml

@@ -18,6 +18,10 @@ class ConfigError(ModalkitError):
 class ConfigDeprecationWarning(FutureWarning):
     """An old config key was used; shown by default (unlike DeprecationWarning) so users see the new name."""
 
+    def __init__(self, old: str, new: str, where: str = "modalkit config") -> None:
+        self.old, self.new, self.where = old, new, where
+        super().__init__(f"{where}: {old} is deprecated, use {new}")
+
 
 class AppLoadError(ModalkitError):
     """The user's app file could not be imported or holds nothing modalkit can serve."""

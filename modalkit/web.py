@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from modalkit.app_loader import user_class
 from modalkit.outcome import Failure
 from modalkit.runtime import Runtime, select_runtime
+from modalkit.service import ModalService
 
 
 class ItemError(BaseModel):
@@ -37,7 +38,7 @@ def create_web_endpoints(
 
     Inside Modal it calls the service class remotely; elsewhere it starts local containers.
     """
-    service = user_class(service_cls)
+    service: type[ModalService] = user_class(service_cls)
     config = service.modal_config
     default_model = service.default_model_name()
     model_names = config.model_names() or [default_model]

@@ -139,10 +139,10 @@ class QueueConfig(Section):
 
 class AppSettings(Section):
     app_prefix: str = Field("modalkit-app", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    build_config: BuildConfig = BuildConfig()
-    deployment_config: DeploymentConfig = DeploymentConfig()
-    batch_config: BatchConfig = BatchConfig()
-    queue_config: QueueConfig = QueueConfig()
+    build_config: BuildConfig = Field(default_factory=BuildConfig)
+    deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    batch_config: BatchConfig = Field(default_factory=BatchConfig)
+    queue_config: QueueConfig = Field(default_factory=QueueConfig)
 
 
 class ModelSettings(Section):
@@ -153,4 +153,4 @@ class ModelSettings(Section):
 
 
 def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"modalkit config: {old} is deprecated, use {new}", ConfigDeprecationWarning, stacklevel=2)
+    warnings.warn(ConfigDeprecationWarning(f"app_settings.{old}", f"app_settings.{new}"), stacklevel=2)

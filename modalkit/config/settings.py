@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from modalkit.config import translate
 from modalkit.config.schema import AppSettings, ModelSettings
 from modalkit.config.sources import Origins, load_yaml_files, origin_of
-from modalkit.exceptions import ConfigError
+from modalkit.exceptions import ConfigDeprecationWarning, ConfigError
 
 ENV_PREFIX = "MODALKIT_"
 CONFIG_ENV = "MODALKIT_CONFIG"
@@ -29,8 +29,8 @@ class ModalkitSettings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", protected_namespaces=()
     )
 
-    app_settings: AppSettings = AppSettings()
-    model_settings: ModelSettings = ModelSettings()
+    app_settings: AppSettings = Field(default_factory=AppSettings)
+    model_settings: ModelSettings = Field(default_factory=ModelSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -59,7 +59,7 @@ class ModalConfig:
         resolved = os.environ.get(RESOLVED_CONFIG_ENV)
         if files is None and resolved:
             self.files: list[Path] = []
-            data, origins = json.loads(resolved), {}
+            data, origins = json.loads(resolved), Origins()
         else:
             self.files = _config_paths(files)
             data, origins = load_yaml_files(self.files)
@@ -129,8 +129,12 @@ def _validate(data: dict[str, Any], origins: Origins) -> ModalkitSettings:
             settings = ModalkitSettings(**data)
         except ValidationError as exc:
             raise ConfigError([_describe(err, origins) for err in exc.errors()]) from None
-    for warning in caught:  # re-emit old-name warnings once, with the file that used the old name
-        warnings.warn_explicit(warning.message, warning.category, "modalkit.yaml", 0)
+    for warning in caught:  # re-emit old-name warnings once, naming the file that used the old name
+        message = warning.message
+        if isinstance(message, ConfigDeprecationWarning):
+            where = origin_of(tuple(message.old.split(".")), origins, ENV_PREFIX)
+            message = ConfigDeprecationWarning(message.old, message.new, where)
+        warnings.warn(message, stacklevel=3)
     return settings
 
 

@@ -34,7 +34,9 @@ def load_yaml_files(paths: list[Path]) -> tuple[dict[str, Any], Origins]:
     return merged, origins
 
 
-def _merge(into: dict[str, Any], data: Mapping[str, Any], prefix: tuple[str, ...], source: str, origins: Origins) -> None:
+def _merge(
+    into: dict[str, Any], data: Mapping[str, Any], prefix: tuple[str, ...], source: str, origins: Origins
+) -> None:
     for key, value in data.items():
         path = (*prefix, str(key))
         origins[path] = source

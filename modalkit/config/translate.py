@@ -75,7 +75,11 @@ def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
 
 def handler_settings(settings: ModalkitSettings) -> dict[str, Any]:
     deploy = settings.app_settings.deployment_config
-    return {"image": image(settings), "timeout": deploy.timeout, **_secrets_and_volumes(settings, volumes=False)}
+    return {
+        "image": image(settings),
+        "timeout": deploy.timeout,
+        **_secrets_and_volumes(settings, volumes=False),
+    }
 
 
 def asgi_app_settings(settings: ModalkitSettings) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+MODALKIT = str(Path(sys.executable).parent / "modalkit")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/health", timeout=5).json()  # type: ignore[no-any-return]
+
+    def model_health(self, model: str) -> dict[str, Any]:
+        return self.health()["models"][model]  # type: ignore[no-any-return]
+
+
+def _ready(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
+    if process.poll() is not None:
+        pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Start `modalkit serve APP` as a user would; every server is stopped when the module ends."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(app: Path, config: Path | None = None, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+        port = free_port()
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        cmd = [MODALKIT, "serve", str(app), "--port", str(port)]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        if wait:
+            wait_for(lambda: _ready(url, process, log), timeout=120)
+        return Server(url, process, log)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in started:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

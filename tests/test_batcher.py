@@ -1,0 +1,77 @@
+"""The dynamic batcher on its own: full batches flush at once, partial ones after wait_ms."""
+
+from __future__ import annotations
+
+import asyncio
+
+from modalkit.outcome import Failure
+from modalkit.runtime.local.batcher import Batcher, resolve
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_full_batch_flushes_without_waiting() -> None:
+    async def scenario() -> list[int]:
+        batcher = Batcher(max_batch_size=3, wait_ms=60_000)
+        for i in range(7):
+            batcher.submit(i)
+        first = await asyncio.wait_for(batcher.next_batch(), 1)
+        second = await asyncio.wait_for(batcher.next_batch(), 1)
+        return [len(first), len(second), len(batcher), *(p.item for p in first + second)]
+
+    assert run(scenario()) == [3, 3, 1, 0, 1, 2, 3, 4, 5]
+
+
+def test_partial_batch_flushes_after_wait_ms() -> None:
+    async def scenario() -> tuple[list[int], float]:
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(max_batch_size=10, wait_ms=50)
+        batcher.submit("a")
+        batcher.submit("b")
+        start = loop.time()
+        batch = await batcher.next_batch()
+        return [p.item for p in batch], loop.time() - start
+
+    items, waited = run(scenario())
+    assert items == ["a", "b"]
+    assert waited >= 0.045
+
+
+def test_items_arriving_during_the_wait_join_the_batch() -> None:
+    async def scenario() -> list[str]:
+        batcher = Batcher(max_batch_size=3, wait_ms=5_000)
+        batcher.submit("first")
+        taker = asyncio.create_task(batcher.next_batch())
+        await asyncio.sleep(0)
+        batcher.submit("second")
+        batcher.submit("third")
+        return [p.item for p in await asyncio.wait_for(taker, 1)]
+
+    assert run(scenario()) == ["first", "second", "third"]
+
+
+def test_cancelled_requests_take_no_slot_and_results_reach_their_future() -> None:
+    async def scenario() -> tuple[list[str], str]:
+        batcher = Batcher(max_batch_size=2, wait_ms=0)
+        gone = batcher.submit("gone")
+        gone.cancel()
+        kept = batcher.submit("kept")
+        other = batcher.submit("other")
+        batch = await batcher.next_batch()
+        for pending in batch:
+            resolve(pending, pending.item.upper())
+        return [p.item for p in batch], await kept + await other
+
+    assert run(scenario()) == (["kept", "other"], "KEPTOTHER")
+
+
+def test_fail_all_answers_every_queued_item() -> None:
+    async def scenario() -> list[object]:
+        batcher = Batcher(max_batch_size=4, wait_ms=10)
+        futures = [batcher.submit(i) for i in range(3)]
+        batcher.fail_all(Failure(503, "down"))
+        return [await f for f in futures]
+
+    assert run(scenario()) == [Failure(503, "down")] * 3
