@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from modalkit.app_loader import import_app, user_class
+from modalkit.config import ModalConfig
+from modalkit.exceptions import ConfigDeprecationWarning
 from modalkit.outcome import Failure
 from tests.conftest import APPS, ROOT
 from tests.modal_introspect import autoscaler
@@ -45,8 +47,12 @@ def test_old_names_build_a_real_app(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "    allow_concurrent_inputs_handler: 20\n  batch_config: {max_batch_size: 4, wait_ms: 50}\n"
         "model_settings:\n  model_entries: {echo: {}}\n"
     )
-    with pytest.warns(FutureWarning, match="old.yaml: app_settings.deployment_config.concurrency_limit is deprecated"):
+    with pytest.warns(ConfigDeprecationWarning) as warned:
         echo = load(APPS / "echo_app.py", config, monkeypatch, "echo_app")
+    old_names = {w.message.old.rsplit(".", 1)[1] for w in warned if isinstance(w.message, ConfigDeprecationWarning)}
+    assert old_names == {"concurrency_limit", "keep_warm", "container_idle_timeout", "allow_concurrent_inputs",
+                         "allow_concurrent_inputs_handler"}  # fmt: skip
+    assert all(str(w.message).startswith(f"{config}: ") for w in warned)
     service_fn = echo.EchoService._get_class_service_function()  # type: ignore[attr-defined]
     info = service_fn.info()
     assert info.gpus == [("A10G", 1)]
@@ -74,3 +80,16 @@ def test_service_gets_enter_and_batched_from_its_own_config(monkeypatch: pytest.
     assert type(cls.__dict__["load_artefacts"]).__name__ == "PartialFunction"
     assert type(cls.__dict__["process_request"]).__name__ == "PartialFunction"
     assert cls.default_model_name() == "echo"
+
+
+def test_image_carries_the_resolved_config_into_the_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modal
+
+    local = ModalConfig(ROOT / "examples/minilm/modalkit.yaml")
+    assert isinstance(local.get_image(), modal.Image)
+    # Inside a Modal container there is no YAML file: the image's environment holds the resolved config.
+    from modalkit.config.translate import resolved_config_json
+
+    monkeypatch.setenv("MODALKIT_CONFIG_JSON", resolved_config_json(local.settings))
+    monkeypatch.setenv("MODALKIT_CONFIG", "/nonexistent.yaml")
+    assert ModalConfig().to_dict() == local.to_dict()

@@ -133,8 +133,14 @@ class BatchConfig(Section):
 
 
 class QueueConfig(Section):
+    """Async jobs: where results are pushed (`backend`) and how the local job store behaves."""
+
     backend: Literal["memory", "redis", "modal"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    job_store: str = ".modalkit/jobs.sqlite3"
+    max_pending: int = Field(10_000, ge=1)
+    max_attempts: int = Field(3, ge=1, le=100)
+    result_ttl_seconds: int = Field(86_400, ge=1)
 
 
 class AppSettings(Section):

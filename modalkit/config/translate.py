@@ -43,12 +43,15 @@ def image(settings: ModalkitSettings) -> Any:
         img = img.run_commands(*build.run_commands)
     from modalkit.config.settings import RESOLVED_CONFIG_ENV
 
-    resolved = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
-    img = img.env({**build.env, RESOLVED_CONFIG_ENV: resolved})
+    img = img.env({**build.env, RESOLVED_CONFIG_ENV: resolved_config_json(settings)})
     if build.workdir:
         img = img.workdir(build.workdir)
     # add_local_* steps must come last: Modal mounts them at container start instead of building a layer.
     return img.add_local_python_source("modalkit")
+
+
+def resolved_config_json(settings: ModalkitSettings) -> str:
+    return json.dumps(settings.model_dump(mode="json"), sort_keys=True)
 
 
 def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:

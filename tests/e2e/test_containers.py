@@ -95,3 +95,11 @@ def test_invalid_input_is_422_naming_the_field(echo: tuple[Server, str]) -> None
     response = httpx.post(f"{server.url}/predict", json={"txt": "x"}, timeout=10)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "text"]
+
+
+def test_openapi_and_docs_are_served(echo: tuple[Server, str]) -> None:
+    server, _ = echo
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    assert {"/predict", "/predict_sync", "/predict_batch", "/health"} <= set(spec["paths"])
+    assert "EchoIn" in spec["components"]["schemas"]
+    assert httpx.get(f"{server.url}/docs", timeout=10).status_code == 200
