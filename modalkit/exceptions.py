@@ -31,6 +31,14 @@ class ServiceUnavailable(ModalkitError):
     """A container was recycled or is not ready; the request may be retried (HTTP 503)."""
 
 
+class QueueFull(ModalkitError):
+    """More async jobs are pending than `queue_config.max_pending` allows (HTTP 429)."""
+
+
+class JobExpired(ModalkitError):
+    """The job's result is gone: past its time to live (HTTP 410)."""
+
+
 class InferenceError(ModalkitError):
     """Raised by user code to fail one item with a chosen HTTP status (default 422: bad input)."""
 

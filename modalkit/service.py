@@ -10,7 +10,9 @@ from modalkit.config import ModalConfig
 from modalkit.cuda import is_cuda_error
 from modalkit.exceptions import ConfigError
 from modalkit.inference import InferenceBase
+from modalkit.jobs import AsyncRequest, JobState, jsonable, sink_message
 from modalkit.outcome import Failure
+from modalkit.queues import deliver, make_sink
 
 logger = logging.getLogger("modalkit.service")
 
@@ -78,14 +80,36 @@ class ModalService:
     def _process(self, batch: list[Any]) -> list[Any]:
         if not batch:
             return []
+        # On Modal, `spawn` sends the whole AsyncRequest: run its message, then push to its queues here.
+        requests = [item if isinstance(item, AsyncRequest) else None for item in batch]
+        inputs = [r.message if r is not None else item for r, item in zip(requests, batch, strict=True)]
+        results = self._infer(inputs)
+        if any(requests):
+            self._push_results(requests, inputs, results)
+        return results
+
+    def _infer(self, inputs: list[Any]) -> list[Any]:
         try:
-            outputs = self._model.run(batch)
+            outputs = self._model.run(inputs)
         except Exception as exc:
             if is_cuda_error(exc):
-                return self._recycle(exc, len(batch))
-            logger.exception("batch of %d failed", len(batch))
-            return [Failure.from_exception(exc)] * len(batch)
+                return self._recycle(exc, len(inputs))
+            logger.exception("batch of %d failed", len(inputs))
+            return [Failure.from_exception(exc)] * len(inputs)
         return [Failure.from_exception(o) if isinstance(o, BaseException) else o for o in outputs]
+
+    def _push_results(self, requests: list[AsyncRequest | None], inputs: list[Any], results: list[Any]) -> None:
+        sink = make_sink(self.modal_config.app_settings.queue_config)
+        for request, item, result in zip(requests, inputs, results, strict=True):
+            if request is None:
+                continue
+            failed = isinstance(result, Failure)
+            queue = request.failure_queue if failed else request.success_queue
+            if queue is None:
+                continue
+            outcome = {"status_code": result.status_code, "detail": result.detail} if failed else jsonable(result)
+            status: JobState = "failed" if failed else "succeeded"
+            deliver(sink, queue, sink_message(None, request, status, outcome, jsonable(item)))
 
     def _recycle(self, exc: BaseException, size: int) -> list[Any]:
         import modal

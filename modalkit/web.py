@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from modalkit.app_loader import user_class
+from modalkit.async_routes import add_async_routes
 from modalkit.outcome import Failure
 from modalkit.runtime import Runtime, select_runtime
 from modalkit.service import ModalService
@@ -42,7 +43,7 @@ def create_web_endpoints(
     config = service.modal_config
     default_model = service.default_model_name()
     model_names = config.model_names() or [default_model]
-    chosen = runtime or select_runtime(service_cls, config, model_names)
+    chosen = runtime or select_runtime(service_cls, config, model_names, input_model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +94,8 @@ def create_web_endpoints(
             answers[index] = _item_error(result.status_code, result.detail) if isinstance(result, Failure) else result
         return answers
 
+    add_async_routes(app, chosen, input_model, model_name_param, read_json)
+
     @app.get("/health")
     async def health() -> JSONResponse:
         ready = chosen.ready()
@@ -102,11 +105,15 @@ def create_web_endpoints(
     return app
 
 
-async def _batch_items(request: Request) -> list[Any]:
+async def read_json(request: Request) -> Any:
     try:
-        body = await request.json()
+        return await request.json()
     except ValueError:
         raise HTTPException(422, [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]) from None
+
+
+async def _batch_items(request: Request) -> list[Any]:
+    body = await read_json(request)
     if not isinstance(body, list):
         raise HTTPException(422, [{"loc": ["body"], "msg": "expected a JSON array of inputs", "type": "list_type"}])
     return body

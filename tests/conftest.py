@@ -66,11 +66,13 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     def start(app: Path, config: Path | None = None, env: dict[str, str] | None = None, wait: bool = True) -> Server:
         port = free_port()
-        log = tmp_path_factory.mktemp("server") / "server.log"
+        folder = tmp_path_factory.mktemp("server")
+        log = folder / "server.log"
+        env = {"MODALKIT_APP_SETTINGS__QUEUE_CONFIG__JOB_STORE": str(folder / "jobs.sqlite3"), **(env or {})}
         cmd = [MODALKIT, "serve", str(app), "--port", str(port)]
         if config is not None:
             cmd += ["--config", str(config)]
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
         process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         started.append(process)
         url = f"http://127.0.0.1:{port}"
@@ -88,3 +90,25 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis on 127.0.0.1:6379. Missing Redis fails the run: these tests never skip."""
+    import redis
+
+    url = os.environ.get("MODALKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required at {url} and is not reachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()

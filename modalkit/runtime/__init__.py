@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from modalkit.config import ModalConfig
+from modalkit.jobs import AsyncRequest, JobView
 
 
 class Runtime(Protocol):
@@ -14,11 +17,19 @@ class Runtime(Protocol):
         """One item's output, or a `modalkit.outcome.Failure`."""
         ...
 
+    async def spawn(self, model_name: str, request: AsyncRequest) -> str:
+        """Accept an async job durably; returns its id. May raise `QueueFull`."""
+        ...
+
+    async def job(self, job_id: str) -> JobView | None:
+        """The job's state, None if unknown; may raise `JobExpired`."""
+        ...
+
     def ready(self) -> bool: ...
     def health(self) -> dict[str, Any]: ...
 
 
-def select_runtime(service: Any, config: ModalConfig, model_names: list[str]) -> Runtime:
+def select_runtime(service: Any, config: ModalConfig, model_names: list[str], input_model: type[BaseModel]) -> Runtime:
     import modal
 
     if not modal.is_local():
@@ -27,7 +38,7 @@ def select_runtime(service: Any, config: ModalConfig, model_names: list[str]) ->
         return ModalRuntime(service, model_names)
     from modalkit.runtime.local import LocalRuntime
 
-    return LocalRuntime(service, config, model_names)
+    return LocalRuntime(service, config, model_names, input_model)
 
 
 __all__ = ["Runtime", "select_runtime"]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from modalkit.exceptions import JobExpired
+from modalkit.jobs import AsyncRequest, JobView, jsonable
 from modalkit.outcome import Failure
 
 
 class ModalRuntime:
-    def __init__(self, service: Any, model_names: list[str]) -> None:
-        self._service = service
+    def __init__(self, service: Any, model_names: list[str], function_call: Any = None) -> None:
+        import modal
+
         self._objects = {name: service(model_name=name) for name in model_names}
+        self._function_call = function_call or modal.FunctionCall
 
     async def start(self) -> None:
         return None
@@ -25,6 +29,29 @@ class ModalRuntime:
             return await self._objects[model_name].process_request.remote.aio(item)
         except modal.exception.Error as exc:
             return Failure(503, f"the model container failed: {type(exc).__name__}: {exc}", "unavailable")
+
+    async def spawn(self, model_name: str, request: AsyncRequest) -> str:
+        """The job id is the FunctionCall id; the container pushes the result to the request's queues."""
+        call = await self._objects[model_name].process_request.spawn.aio(request)
+        return str(call.object_id)
+
+    async def job(self, job_id: str) -> JobView | None:
+        import modal.exception
+
+        call = self._function_call.from_id(job_id)
+        try:
+            result = await call.get.aio(timeout=0)
+        except modal.exception.OutputExpiredError:  # before TimeoutError: it is a subclass of modal's
+            raise JobExpired(f"the result of job {job_id} has expired (Modal keeps results for a while)") from None
+        except (TimeoutError, modal.exception.TimeoutError):
+            return JobView(job_id, "running")  # Modal does not tell queued from running
+        except modal.exception.NotFoundError:
+            return None
+        except modal.exception.Error as exc:
+            return JobView(job_id, "failed", error={"status_code": 503, "detail": f"{type(exc).__name__}: {exc}"})
+        if isinstance(result, Failure):
+            return JobView(job_id, "failed", error={"status_code": result.status_code, "detail": result.detail})
+        return JobView(job_id, "succeeded", result=jsonable(result))
 
     def ready(self) -> bool:
         return True

@@ -41,7 +41,7 @@ class Echo(InferenceBase):
                 if os.environ.get("ECHO_LOAD_LOG"):  # tells a test that this batch is inside predict
                     with open(os.environ["ECHO_LOAD_LOG"] + ".busy", "w") as f:
                         f.write(str(os.getpid()))
-                time.sleep(float(item.text.removeprefix("sleep:")))
+                time.sleep(float(item.text.removeprefix("sleep:").split()[0]))
             outputs.append(EchoOut(text=self.prefix + item.text, model=self.model_name, pid=os.getpid()))
         return outputs
 

@@ -15,6 +15,7 @@ class Pending:
     item: Any
     future: asyncio.Future[Any]
     arrival: float = field(default=0.0)
+    solo: bool = False  # runs in a batch of its own (a job suspected of crashing its last container)
 
 
 class Batcher:
@@ -33,10 +34,10 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def submit(self, item: Any) -> asyncio.Future[Any]:
+    def submit(self, item: Any, solo: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(Pending(item, future, loop.time()))
+        self._queue.append(Pending(item, future, loop.time(), solo))
         self._arrived.set()
         return future
 
@@ -47,7 +48,7 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             deadline = self._queue[0].arrival + self.wait_s
-            while len(self._queue) < self.max_batch_size and self._queue:
+            while len(self._queue) < self.max_batch_size and self._queue and not self._queue[0].solo:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -63,9 +64,14 @@ class Batcher:
     def _take(self) -> list[Pending]:
         batch: list[Pending] = []
         while self._queue and len(batch) < self.max_batch_size:
+            if self._queue[0].solo and batch:
+                break
             pending = self._queue.popleft()
-            if not pending.future.done():  # a cancelled request (client gone) takes no slot
-                batch.append(pending)
+            if pending.future.done():  # a cancelled request (client gone) takes no slot
+                continue
+            batch.append(pending)
+            if pending.solo:
+                break
         return batch
 
     def fail_all(self, failure: Failure) -> None:

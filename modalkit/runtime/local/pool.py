@@ -61,12 +61,12 @@ class ContainerPool:
                 await task
         self.batcher.fail_all(Failure(503, "the server is shutting down", "unavailable"))
 
-    def submit(self, item: Any) -> asyncio.Future[Any]:
+    def submit(self, item: Any, solo: bool = False) -> asyncio.Future[Any]:
         if self.load_error is not None and self.ready == 0:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result(self._load_failure())
             return future
-        return self.batcher.submit(item)
+        return self.batcher.submit(item, solo)
 
     def health(self) -> dict[str, Any]:
         return {

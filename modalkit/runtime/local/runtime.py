@@ -5,28 +5,63 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import BaseModel
+
 from modalkit.app_loader import service_ref
 from modalkit.config import ModalConfig
+from modalkit.jobs import AsyncRequest, JobView
+from modalkit.queues import ResultSink, make_sink
+from modalkit.runtime.local.dispatcher import JobDispatcher
+from modalkit.runtime.local.job_store import JobStore
 from modalkit.runtime.local.pool import ContainerPool
 
 
 class LocalRuntime:
-    def __init__(self, service: Any, config: ModalConfig, model_names: list[str]) -> None:
+    def __init__(self, service: Any, config: ModalConfig, model_names: list[str], input_model: type[BaseModel],
+                 sink: ResultSink | None = None) -> None:  # fmt: skip
         ref = service_ref(service)
+        self.config = config
         self.pools = {name: ContainerPool(ref, name, config) for name in model_names}
+        self._input_model = input_model
+        self.sink = sink
+        self.jobs: JobDispatcher | None = None
 
     async def start(self) -> None:
+        queue_config = self.config.app_settings.queue_config
+        batch_config = self.config.app_settings.batch_config
+        self.sink = self.sink or make_sink(queue_config)
+        in_flight = 2 * batch_config.max_batch_size * sum(p.size for p in self.pools.values())
+        store = JobStore(queue_config.job_store)
+        self.jobs = JobDispatcher(store, self.pools, self._input_model, queue_config, self.sink, in_flight)
         for pool in self.pools.values():
             await pool.start()
+        await self.jobs.start()
 
     async def stop(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop()  # first, so no job sees the shutdown as a failure
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+        if self.jobs is not None:
+            self.jobs.store.close()
 
     async def submit(self, model_name: str, item: Any) -> Any:
         return await self.pools[model_name].submit(item)
+
+    async def spawn(self, model_name: str, request: AsyncRequest) -> str:
+        assert self.jobs is not None, "the runtime is not started"
+        return self.jobs.accept(model_name, request)
+
+    async def job(self, job_id: str) -> JobView | None:
+        assert self.jobs is not None, "the runtime is not started"
+        return self.jobs.store.view(job_id)
 
     def ready(self) -> bool:
         return all(pool.ready > 0 for pool in self.pools.values())
 
     def health(self) -> dict[str, Any]:
-        return {"runtime": "local", "models": {name: pool.health() for name, pool in self.pools.items()}}
+        jobs = {"pending": self.jobs.pending, **self.jobs.store.counts()} if self.jobs else {}
+        return {
+            "runtime": "local",
+            "models": {name: pool.health() for name, pool in self.pools.items()},
+            "jobs": jobs,
+        }
