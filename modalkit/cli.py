@@ -28,13 +28,45 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
     import uvicorn
 
     from modalkit.app_loader import find_web_app, import_app
+    from modalkit.logs import configure_logging
 
+    configure_logging(log_level)
     _choose_config(app_path, config_files)
     try:
         asgi_app = find_web_app(import_app(app_path))
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None
-    uvicorn.run(asgi_app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(asgi_app, host=host, port=port, log_level=log_level, access_log=False, log_config=None)
+
+
+@main.command()
+@click.argument("url", default="http://127.0.0.1:8000")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of /stats.")
+def stats(url: str, as_json: bool) -> None:
+    """Usage of a running server: invocations, cold vs warm starts and latency, batch size, estimated cost."""
+    import json
+
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/stats", timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot read {url}/stats: {exc}") from None
+    data = response.json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    cost = data["cost"]
+    click.echo(f"invocations        {data['invocations']}  (cold {data['cold_starts']}, warm {data['warm_starts']})")
+    for kind in ("cold", "warm"):
+        p = data["latency_ms"][kind]
+        click.echo(f"{kind} latency ms    p50 {p['p50']}  p95 {p['p95']}  p99 {p['p99']}")
+    click.echo(f"batches            {data['batches']}  (mean size {data['mean_batch_size']})")
+    click.echo(
+        f"estimated cost     ${cost['estimated_usd']:.6f} for {cost['container_seconds']} container-seconds"
+        f" on {cost['gpu'] or 'CPU'} (Modal prices of {cost['prices_taken_on']})"
+    )
 
 
 @main.command()

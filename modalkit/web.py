@@ -3,19 +3,28 @@
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalkit.app_loader import user_class
 from modalkit.async_routes import add_async_routes
+from modalkit.metrics import Metrics, usage
 from modalkit.outcome import Failure
 from modalkit.runtime import Runtime, select_runtime
 from modalkit.service import ModalService
+from modalkit.telemetry import configure_tracing
+
+logger = logging.getLogger("modalkit.web")
 
 
 class ItemError(BaseModel):
@@ -55,6 +64,10 @@ def create_web_endpoints(
 
     app = FastAPI(title=config.app_name, lifespan=lifespan)
     app.state.runtime = chosen
+    metrics = Metrics(chosen.observe)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    configure_tracing(config.app_name)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics")
 
     def model_name_param(
         model_name: str | None = Query(None, description=f"a model entry: {', '.join(model_names)}"),
@@ -67,6 +80,8 @@ def create_web_endpoints(
     async def predict(item: input_model, model_name: str = Depends(model_name_param)) -> Any:  # type: ignore[valid-type]
         result = await chosen.submit(model_name, item)
         if isinstance(result, Failure):
+            if result.status_code >= 500:
+                logger.warning("predict on %r failed (%d): %s", model_name, result.status_code, result.detail)
             raise HTTPException(result.status_code, result.detail)
         return result
 
@@ -102,7 +117,45 @@ def create_web_endpoints(
         body = {"status": "ready" if ready else "not ready", **chosen.health()}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        """Invocations, cold vs warm starts and latencies, mean batch size, estimated Modal cost."""
+        return usage(chosen.observe(), config.app_settings)
+
     return app
+
+
+class RequestMetrics:
+    """Counts requests by route template and status, and times them (pure ASGI: no per-request task)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
 async def read_json(request: Request) -> Any:

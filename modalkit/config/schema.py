@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from modalkit.config import pricing
 from modalkit.exceptions import ConfigDeprecationWarning
 
 GPU_TYPES = (
@@ -143,12 +144,28 @@ class QueueConfig(Section):
     result_ttl_seconds: int = Field(86_400, ge=1)
 
 
+class PricingConfig(Section):
+    """USD per second, for the cost estimate of `/stats`; entries given here replace the built-in ones."""
+
+    gpu_per_second: dict[str, float] = Field(default_factory=lambda: dict(pricing.GPU_PER_SECOND))
+    cpu_core_per_second: float = Field(pricing.CPU_CORE_PER_SECOND, ge=0)
+    memory_gib_per_second: float = Field(pricing.MEMORY_GIB_PER_SECOND, ge=0)
+
+    @field_validator("gpu_per_second", mode="before")
+    @classmethod
+    def _merge(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {**pricing.GPU_PER_SECOND, **{normalize_gpu(k): v for k, v in value.items()}}
+        return value
+
+
 class AppSettings(Section):
     app_prefix: str = Field("modalkit-app", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     build_config: BuildConfig = Field(default_factory=BuildConfig)
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
     batch_config: BatchConfig = Field(default_factory=BatchConfig)
     queue_config: QueueConfig = Field(default_factory=QueueConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
 
 
 class ModelSettings(Section):

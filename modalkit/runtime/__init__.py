@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from modalkit.config import ModalConfig
 from modalkit.jobs import AsyncRequest, JobView
+from modalkit.metrics import Observation
 
 
 class Runtime(Protocol):
@@ -27,6 +28,9 @@ class Runtime(Protocol):
 
     def ready(self) -> bool: ...
     def health(self) -> dict[str, Any]: ...
+    def observe(self) -> Observation:
+        """Figures for /metrics and /stats."""
+        ...
 
 
 def select_runtime(service: Any, config: ModalConfig, model_names: list[str], input_model: type[BaseModel]) -> Runtime:

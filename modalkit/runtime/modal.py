@@ -6,6 +6,7 @@ from typing import Any
 
 from modalkit.exceptions import JobExpired
 from modalkit.jobs import AsyncRequest, JobView, jsonable
+from modalkit.metrics import Observation
 from modalkit.outcome import Failure
 
 
@@ -55,6 +56,9 @@ class ModalRuntime:
 
     def ready(self) -> bool:
         return True
+
+    def observe(self) -> Observation:
+        return Observation()  # batches run in Modal containers, which Modal itself observes
 
     def health(self) -> dict[str, Any]:
         return {"runtime": "modal", "models": {name: {} for name in self._objects}}

@@ -43,7 +43,7 @@ def test_cuda_error_gets_503_and_recycles_the_container(echo: tuple[Server, str]
     assert after.json()["pid"] != first_pid
     health = server.model_health("echo")
     assert health["restarts"] == {"cuda": 1}
-    assert health["cold_starts"] == 2
+    assert health["container_starts"] == 2
 
 
 def test_sigkilled_worker_fails_its_batch_and_is_replaced(echo: tuple[Server, str]) -> None:

@@ -7,6 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import SpanContext
+
 from modalkit.outcome import Failure
 
 
@@ -16,6 +18,7 @@ class Pending:
     future: asyncio.Future[Any]
     arrival: float = field(default=0.0)
     solo: bool = False  # runs in a batch of its own (a job suspected of crashing its last container)
+    trace: SpanContext | None = None  # the request's span, parent of the batch span
 
 
 class Batcher:
@@ -34,10 +37,10 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def submit(self, item: Any, solo: bool = False) -> asyncio.Future[Any]:
+    def submit(self, item: Any, solo: bool = False, trace: SpanContext | None = None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(Pending(item, future, loop.time(), solo))
+        self._queue.append(Pending(item, future, loop.time(), solo, trace))
         self._arrived.set()
         return future
 

@@ -45,16 +45,16 @@ class Container:
             raise ContainerLoadFailed(info)
         self.load_seconds = info["load_seconds"]
 
-    async def run(self, items: list[Any]) -> list[Any]:
-        """Send one batch and wait for its results; raises `ContainerDied` if the process goes away."""
+    async def run(self, items: list[Any]) -> tuple[list[Any], tuple[int, int]]:
+        """Send one batch; its results and when inference started and ended (ns). `ContainerDied` if it goes."""
         assert self._proc is not None and self._proc.stdin is not None
         try:
             self._proc.stdin.write(frames.encode(("batch", items)))
             await self._proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise ContainerDied(await self._exit_reason()) from None
-        _, results = await self._read()
-        return results  # type: ignore[no-any-return]
+        _, results, inference_ns = await self._read()
+        return results, inference_ns
 
     async def wait(self) -> int:
         assert self._proc is not None

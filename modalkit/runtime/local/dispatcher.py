@@ -9,8 +9,10 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from opentelemetry.util.types import AttributeValue
 from pydantic import BaseModel, ValidationError
 
+from modalkit import telemetry
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import QueueFull
 from modalkit.jobs import AsyncRequest, JobState, jsonable, new_job_id, sink_message
@@ -58,11 +60,12 @@ class JobDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def accept(self, model_name: str, request: AsyncRequest, trace_context: dict[str, str] | None = None) -> str:
+    def accept(self, model_name: str, request: AsyncRequest) -> str:
         """Store the job (committed before this returns) and queue it; raises `QueueFull` past max_pending."""
         if self.pending >= self._config.max_pending:
             raise QueueFull(f"{self.pending} async jobs are pending (queue_config.max_pending); retry later")
         job_id = new_job_id()
+        trace_context = telemetry.inject_current()  # the job's span joins the trace of the request that made it
         self.store.insert(job_id, model_name, request.message.model_dump_json(), request, trace_context)
         self.pending += 1
         self._ready.put_nowait(job_id)
@@ -89,7 +92,15 @@ class JobDispatcher:
             except ValidationError as exc:  # the input model changed since the job was accepted
                 await self._finish(job, "failed", {"status_code": 422, "detail": str(exc)})
                 return
-            result = await self._pools[job.model_name].submit(item, solo=job.suspect)
+            attributes: dict[str, AttributeValue] = {
+                "modalkit.job_id": job_id,
+                "modalkit.attempt": job.attempts,
+                "modalkit.model_name": job.model_name,
+            }
+            with telemetry.tracer().start_as_current_span(
+                "modalkit.job", context=telemetry.extract(job.trace_context), attributes=attributes
+            ):
+                result = await self._pools[job.model_name].submit(item, solo=job.suspect)
         finally:
             self._slots.release()
         if not isinstance(result, Failure):

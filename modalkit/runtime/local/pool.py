@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
+import time
 from typing import Any
 
+from modalkit import telemetry
 from modalkit.app_loader import ServiceRef
 from modalkit.config import ModalConfig
+from modalkit.metrics import PoolStats
 from modalkit.outcome import Failure
 from modalkit.runtime.local.batcher import Batcher, Pending, resolve
 from modalkit.runtime.local.container import Container, ContainerDied, ContainerLoadFailed
@@ -18,20 +19,6 @@ from modalkit.runtime.local.container import Container, ContainerDied, Container
 logger = logging.getLogger("modalkit.pool")
 
 _MAX_LOAD_BACKOFF_S = 30.0
-
-
-@dataclass
-class PoolStats:
-    cold_starts: int = 0
-    restarts: Counter[str] = field(default_factory=Counter)
-    batch_sizes: Counter[int] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "cold_starts": self.cold_starts,
-            "restarts": dict(self.restarts),
-            "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
-        }
 
 
 class ContainerPool:
@@ -66,7 +53,7 @@ class ContainerPool:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result(self._load_failure())
             return future
-        return self.batcher.submit(item, solo)
+        return self.batcher.submit(item, solo, telemetry.current_span_context())
 
     def health(self) -> dict[str, Any]:
         return {
@@ -75,7 +62,9 @@ class ContainerPool:
             "queued": len(self.batcher),
             "load_error": self.load_error,
             "pids": [c.pid for c in self.containers.values()],
-            **self.stats.as_dict(),
+            "container_starts": self.stats.container_starts,
+            "restarts": dict(self.stats.restarts),
+            "batch_sizes": {str(size): n for size, n in sorted(self.stats.batch_sizes.items())},
         }
 
     def _load_failure(self) -> Failure:
@@ -85,10 +74,11 @@ class ContainerPool:
         failed_loads = 0
         while True:
             container = Container(self.ref, self.model_name)
-            self.stats.cold_starts += 1
+            self.stats.container_up(id(container))
             try:
                 await container.start()
             except ContainerLoadFailed as exc:
+                self.stats.container_down(id(container))
                 failed_loads += 1
                 self.load_error = str(exc)
                 logger.error("model %r failed to load (attempt %d): %s", self.model_name, failed_loads, exc)
@@ -96,6 +86,7 @@ class ContainerPool:
                 await asyncio.sleep(min(_MAX_LOAD_BACKOFF_S, 0.5 * 2**failed_loads))
                 continue
             except asyncio.CancelledError:
+                self.stats.container_down(id(container))
                 await container.stop()
                 raise
             failed_loads = 0
@@ -108,25 +99,35 @@ class ContainerPool:
             finally:
                 self.ready -= 1
                 del self.containers[index]
+                self.stats.container_down(id(container))
                 await container.stop()
             self.stats.restarts[cause] += 1
             logger.warning("container %d of %r replaced after %s", index, self.model_name, cause)
 
     async def _serve(self, container: Container) -> str:
         """Feed batches to one container until it dies or asks to be recycled; returns the cause."""
+        loop = asyncio.get_running_loop()
+        cold = True  # the first batch of a container pays for its start
         while True:
             batch = await self.batcher.next_batch()
+            sent_ns = time.time_ns()
             try:
-                results = await container.run([p.item for p in batch])
+                results, inference_ns = await container.run([p.item for p in batch])
             except ContainerDied as exc:
                 _fail(batch, Failure(503, f"container crashed ({exc}) while running this batch; retry", "crash"))
                 return "crash"
             except asyncio.CancelledError:
                 _fail(batch, Failure(503, "the server is shutting down", "unavailable"))
                 raise
-            self.stats.batch_sizes[len(batch)] += 1
             for pending, result in zip(batch, results, strict=True):
                 resolve(pending, result)
+            done = loop.time()
+            self.stats.record_batch(len(batch), cold, [done - p.arrival for p in batch])
+            telemetry.record_batch(
+                self.model_name, [p.trace for p in batch], str(container.pid), cold, (sent_ns, time.time_ns()),
+                inference_ns,
+            )  # fmt: skip
+            cold = False
             if any(isinstance(r, Failure) and r.recycles_container for r in results):
                 await container.wait()
                 return "cuda"

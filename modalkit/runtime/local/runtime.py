@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from modalkit.app_loader import service_ref
 from modalkit.config import ModalConfig
 from modalkit.jobs import AsyncRequest, JobView
+from modalkit.metrics import Observation
 from modalkit.queues import ResultSink, make_sink
 from modalkit.runtime.local.dispatcher import JobDispatcher
 from modalkit.runtime.local.job_store import JobStore
@@ -57,6 +58,13 @@ class LocalRuntime:
 
     def ready(self) -> bool:
         return all(pool.ready > 0 for pool in self.pools.values())
+
+    def observe(self) -> Observation:
+        return Observation(
+            pools={name: pool.stats for name, pool in self.pools.items()},
+            queue_depth={name: len(pool.batcher) for name, pool in self.pools.items()},
+            jobs=self.jobs.store.counts() if self.jobs else {},
+        )
 
     def health(self) -> dict[str, Any]:
         jobs = {"pending": self.jobs.pending, **self.jobs.store.counts()} if self.jobs else {}

@@ -35,8 +35,9 @@ def main(argv: list[str]) -> int:
         if message is None or message[0] == "stop":
             return 0
         items = message[1]
+        started_ns = time.time_ns()
         results = obj.process_request.local(items)
-        _send(frames_out, ("results", results), fallback_size=len(items))
+        _send(frames_out, ("results", results, (started_ns, time.time_ns())), fallback_size=len(items))
         if any(isinstance(r, Failure) and r.recycles_container for r in results):
             return EXIT_RECYCLE
 
@@ -60,7 +61,7 @@ def _send(stream: IO[bytes], message: Any, fallback_size: int = 0) -> None:
         data = frames.encode(message)
     except Exception as exc:  # an output that cannot be pickled fails its batch, not the container
         failure = Failure(500, f"output could not be sent back: {type(exc).__name__}: {exc}")
-        data = frames.encode(("results", [failure] * fallback_size))
+        data = frames.encode(("results", [failure] * fallback_size, message[2]))
     stream.write(data)
     stream.flush()
 

@@ -1,0 +1,175 @@
+"""What the server measures: Prometheus metrics (`/metrics`) and usage statistics (`/stats`).
+
+Only the server process records: local containers report their timings back with each batch, so
+plain in-process counters are exact and there is no multi-process bookkeeping to get wrong. The
+pools keep the raw figures (`PoolStats`); `/metrics` and `/stats` are views of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modalkit.config.pricing import DEFAULT_CPU_CORES, DEFAULT_MEMORY_MIB, PRICES_TAKEN_ON
+from modalkit.config.schema import AppSettings
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+_SAMPLES = 10_000  # latencies kept per kind for /stats percentiles
+
+
+@dataclass
+class PoolStats:
+    """The raw figures of one model's containers."""
+
+    container_starts: int = 0
+    restarts: Counter[str] = field(default_factory=Counter)
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)  # "cold" / "warm"
+    latencies: dict[str, deque[float]] = field(
+        default_factory=lambda: {"cold": deque(maxlen=_SAMPLES), "warm": deque(maxlen=_SAMPLES)}
+    )
+    container_seconds: float = 0.0
+    _alive: dict[int, float] = field(default_factory=dict)
+
+    def record_batch(self, size: int, cold: bool, latencies: list[float]) -> None:
+        kind = "cold" if cold else "warm"
+        self.batch_sizes[size] += 1
+        self.requests[kind] += size
+        self.latencies[kind].extend(latencies)
+
+    def container_up(self, key: int) -> None:
+        self.container_starts += 1
+        self._alive[key] = time.monotonic()
+
+    def container_down(self, key: int) -> None:
+        started = self._alive.pop(key, None)
+        if started is not None:
+            self.container_seconds += time.monotonic() - started
+
+    def container_time(self) -> float:
+        now = time.monotonic()
+        return self.container_seconds + sum(now - t for t in self._alive.values())
+
+
+@dataclass
+class Observation:
+    """What a runtime exposes to `/metrics` and `/stats`; empty on Modal, where containers report to Modal."""
+
+    pools: dict[str, PoolStats] = field(default_factory=dict)
+    queue_depth: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, int] = field(default_factory=dict)
+
+
+class Metrics:
+    def __init__(self, observe: Callable[[], Observation]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = PromCounter(
+            "modalkit_requests", "HTTP requests by route and status", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = PromHistogram(
+            "modalkit_request_duration_seconds", "HTTP request latency", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_RuntimeCollector(observe))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, observe: Callable[[], Observation]) -> None:
+        self._observe = observe
+
+    def collect(self) -> Iterable[Metric]:
+        seen = self._observe()
+        batch = HistogramMetricFamily("modalkit_batch_size", "items per batch run by a container", labels=["model"])
+        starts = CounterMetricFamily("modalkit_container_starts", "containers started (model loaded)", labels=["model"])
+        restarts = CounterMetricFamily("modalkit_container_restarts", "containers replaced, by cause",
+                                       labels=["model", "cause"])  # fmt: skip
+        cold = CounterMetricFamily("modalkit_cold_starts", "requests served by a container's first batch",
+                                   labels=["model"])  # fmt: skip
+        warm = CounterMetricFamily("modalkit_warm_starts", "requests served by a warm container", labels=["model"])
+        for model, stats in seen.pools.items():
+            buckets, total = [], 0
+            for bound in _BATCH_BUCKETS:
+                buckets.append((str(bound), sum(n for size, n in stats.batch_sizes.items() if size <= bound)))
+            buckets.append(("+Inf", sum(stats.batch_sizes.values())))
+            total = sum(size * n for size, n in stats.batch_sizes.items())
+            batch.add_metric([model], buckets, total)
+            starts.add_metric([model], stats.container_starts)
+            for cause, n in stats.restarts.items():
+                restarts.add_metric([model, cause], n)
+            cold.add_metric([model], stats.requests["cold"])
+            warm.add_metric([model], stats.requests["warm"])
+        depth = GaugeMetricFamily("modalkit_queue_depth", "items waiting for a batch", labels=["model"])
+        for model, n in seen.queue_depth.items():
+            depth.add_metric([model], n)
+        jobs = GaugeMetricFamily("modalkit_jobs", "async jobs in the store, by state", labels=["state"])
+        for state in ("queued", "running", "succeeded", "failed"):
+            jobs.add_metric([state], seen.jobs.get(state, 0))
+        return [batch, starts, restarts, cold, warm, depth, jobs]
+
+
+def usage(seen: Observation, app: AppSettings) -> dict[str, Any]:
+    """The `/stats` view: invocations, cold vs warm, their latency percentiles, batch size and cost."""
+    requests: Counter[str] = Counter()
+    latencies: dict[str, list[float]] = {"cold": [], "warm": []}
+    batches = seconds = 0.0
+    for stats in seen.pools.values():
+        requests.update(stats.requests)
+        for kind in latencies:
+            latencies[kind].extend(stats.latencies[kind])
+        batches += sum(stats.batch_sizes.values())
+        seconds += stats.container_time()
+    invocations = requests["cold"] + requests["warm"]
+    return {
+        "invocations": invocations,
+        "cold_starts": requests["cold"],
+        "warm_starts": requests["warm"],
+        "latency_ms": {kind: _percentiles(values) for kind, values in latencies.items()},
+        "batches": int(batches),
+        "mean_batch_size": round(invocations / batches, 3) if batches else 0.0,
+        "cost": estimate_cost(seconds, app),
+    }
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p95": None, "p99": None}
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+def estimate_cost(container_seconds: float, app: AppSettings) -> dict[str, Any]:
+    """What the measured container time would cost on Modal with this deployment_config."""
+    deploy, prices = app.deployment_config, app.pricing
+    gpu = deploy.gpu[0] if isinstance(deploy.gpu, list) else deploy.gpu
+    gpu_rate = 0.0
+    if gpu:
+        kind, _, count = gpu.partition(":")
+        gpu_rate = prices.gpu_per_second.get(kind, 0.0) * int(count or 1)
+    cpu = deploy.cpu[0] if isinstance(deploy.cpu, tuple) else deploy.cpu or DEFAULT_CPU_CORES
+    memory_mib = deploy.memory[0] if isinstance(deploy.memory, tuple) else deploy.memory or DEFAULT_MEMORY_MIB
+    per_second = gpu_rate + cpu * prices.cpu_core_per_second + memory_mib / 1024 * prices.memory_gib_per_second
+    return {
+        "container_seconds": round(container_seconds, 3),
+        "gpu": gpu,
+        "usd_per_container_second": per_second,
+        "estimated_usd": round(per_second * container_seconds, 6),
+        "prices_taken_on": PRICES_TAKEN_ON,
+    }
