@@ -75,12 +75,20 @@ def stats(url: str, as_json: bool) -> None:
     "config_files",
     help="Config file(s), comma-separated; default: $MODALKIT_CONFIG or modalkit.yaml.",
 )
-def config(config_files: str | None) -> None:
+@click.option("--check", is_flag=True, help="Only validate: print every problem (file and YAML path), or OK.")
+def config(config_files: str | None, check: bool) -> None:
     """Print the resolved configuration and the Modal arguments it becomes."""
     import yaml
 
     from modalkit.config import ModalConfig
 
+    if check:
+        try:
+            checked = ModalConfig(config_files)
+        except ModalkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"OK: {', '.join(str(f) for f in checked.files)}")
+        return
     try:
         resolved = ModalConfig(config_files)
         modal_args = {
@@ -90,6 +98,7 @@ def config(config_files: str | None) -> None:
             "modal.concurrent (web handler)": resolved.get_concurrent_settings(handler=True),
             "app.function (web handler)": _printable(resolved.get_handler_settings()),
             "modal.asgi_app": resolved.get_asgi_app_settings(),
+            "modal.enter (load_artefacts)": resolved.get_enter_settings(),
         }
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None

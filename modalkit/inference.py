@@ -36,6 +36,10 @@ class InferenceBase:
     def postprocess(self, outputs: list[Any]) -> list[Any]:
         return outputs
 
+    def on_restore(self) -> None:
+        """Runs once the container is ready for GPU work: after loading, or after a memory snapshot is
+        restored when `enable_memory_snapshot` is on (load on the CPU in __init__, move to the GPU here)."""
+
     def warmup(self) -> None:
         """Runs once after loading, before the first request: compile, allocate, fill caches."""
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import typing
 from typing import Any, ClassVar
 
 # Imported at run time, not under TYPE_CHECKING: Modal evaluates the service class's annotations.
@@ -34,17 +37,28 @@ class ModalService:
             return  # an intermediate base class: the leaf class brings the config
         import modal
 
+        _check_parameters(cls)
+        config = cls.modal_config
+
         def load_artefacts(self: ModalService) -> None:
             self._load()
+            if not config.app_settings.deployment_config.enable_memory_snapshot:
+                self._ready()
+
+        def restore_artefacts(self: ModalService) -> None:
+            self._ready()
 
         def process_request(self: ModalService, batch: list[Any]) -> list[Any]:
             return self._process(batch)
 
-        for method in (load_artefacts, process_request):
+        for method in (load_artefacts, restore_artefacts, process_request):
             method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
             method.__module__ = cls.__module__
-        cls.load_artefacts = modal.enter()(load_artefacts)  # type: ignore[attr-defined]
-        cls.process_request = modal.batched(**cls.modal_config.get_batched_settings())(process_request)  # type: ignore[attr-defined]
+        cls.load_artefacts = modal.enter(**config.get_enter_settings())(load_artefacts)  # type: ignore[attr-defined]
+        if config.app_settings.deployment_config.enable_memory_snapshot:
+            # CPU-side loading is captured in the snapshot; GPU work runs after each restore.
+            cls.restore_artefacts = modal.enter(snap=False)(restore_artefacts)  # type: ignore[attr-defined]
+        cls.process_request = modal.batched(**config.get_batched_settings())(process_request)  # type: ignore[attr-defined]
 
     @classmethod
     def default_model_name(cls) -> str:
@@ -71,7 +85,28 @@ class ModalService:
             common_settings=dict(settings.common),
             **entry,
         )
+
+    def _ready(self) -> None:
+        self._model.on_restore()
         self._model.warmup()
+        interval = self.modal_config.app_settings.deployment_config.volume_reload_interval_seconds
+        if interval is not None:
+            threading.Thread(target=self._reload_volumes, args=(interval,), daemon=True).start()
+
+    def _reload_volumes(self, interval: float) -> None:
+        """Every `interval` seconds: reload the volumes (on Modal) and tell the model."""
+        import modal
+
+        names = list(self.modal_config.app_settings.deployment_config.volumes.values())
+        while True:
+            time.sleep(interval)
+            try:
+                if not modal.is_local():
+                    for name in names:
+                        modal.Volume.from_name(name).reload()
+                self._model.on_volume_reload()
+            except Exception:
+                logger.exception("volume reload failed; retrying in %ss", interval)
 
     def _model_name(self) -> str:
         name = getattr(self, "model_name", None)
@@ -122,3 +157,16 @@ class ModalService:
         # Locally the worker process sees cause="cuda" and exits once it has replied.
         failure = Failure(503, f"container recycled after a CUDA error: {exc}; retry the request", "cuda")
         return [failure] * size
+
+
+_PARAMETER_TYPES = (int, str, bytes, bool)
+
+
+def _check_parameters(cls: type) -> None:
+    """Modal parameters may only be int, str, bytes or bool; say so when the class is defined."""
+    hints = typing.get_type_hints(cls)
+    for name, value in vars(cls).items():
+        if type(value).__name__ == "_Parameter" and hints.get(name) not in _PARAMETER_TYPES:
+            raise ConfigError(
+                [f"{cls.__qualname__}.{name}: modal.parameter must be int, str, bytes or bool, not {hints.get(name)}"]
+            )

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalkit.app_loader import user_class
 from modalkit.async_routes import add_async_routes
+from modalkit.auth import ApiKeyAuth, resolve_api_key
 from modalkit.metrics import Metrics, usage
 from modalkit.outcome import Failure
 from modalkit.runtime import Runtime, select_runtime
@@ -65,7 +66,11 @@ def create_web_endpoints(
     app = FastAPI(title=config.app_name, lifespan=lifespan)
     app.state.runtime = chosen
     metrics = Metrics(chosen.observe)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    auth = config.app_settings.auth_config
+    api_key = resolve_api_key(auth)
+    if api_key is not None:
+        app.add_middleware(ApiKeyAuth, key=api_key, header=auth.header, public_routes=auth.public_routes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: 401s are counted too
     configure_tracing(config.app_name)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics")
 

@@ -32,3 +32,19 @@ def test_serve_rejects_a_file_without_an_app(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", str(empty)])
     assert result.exit_code == 1
     assert "no @modal.asgi_app() function" in result.output
+
+
+def test_config_check_prints_every_problem_with_file_and_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "app_settings:\n  deployment_config: {gpu: Z99, cloud: azure}\n  batch_config: {max_batch_size: 0}\n"
+    )
+    result = CliRunner().invoke(main, ["config", "--check", "--file", str(bad)])
+    assert result.exit_code == 1
+    for path in ("deployment_config.gpu", "deployment_config.cloud", "batch_config.max_batch_size"):
+        assert f"{bad}: app_settings.{path}" in result.output
+
+
+def test_config_check_ok() -> None:
+    result = CliRunner().invoke(main, ["config", "--check", "--file", str(ROOT / "modalkit.yaml")])
+    assert result.exit_code == 0 and result.output.startswith("OK: ")

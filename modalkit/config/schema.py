@@ -6,7 +6,7 @@ import re
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from modalkit.config import pricing
 from modalkit.exceptions import ConfigDeprecationWarning
@@ -41,13 +41,48 @@ def normalize_gpu(value: str) -> str:
     return match["type"] + (f":{count}" if count else "")
 
 
+class LocalPath(Section):
+    """A local file or directory put into the image (`add_local_file` / `add_local_dir`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    local_path: str
+    remote_path: str
+    type: Literal["file", "dir"] = "file"
+    # copy: true builds a layer; false (default) adds the files when a container starts: faster to iterate.
+    copy_: bool = Field(False, alias="copy")
+
+
+class ModelDownload(Section):
+    """A build step (`Image.run_function`) that bakes weights into the image, so cold starts skip the download."""
+
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
+    kwargs: dict[str, Any] = {}
+    secrets: list[str] = []
+    gpu: str | None = None
+    timeout: int = Field(3600, ge=1, le=86400)
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, value: Any) -> Any:
+        return normalize_gpu(value) if isinstance(value, str) else value
+
+
 class BuildConfig(Section):
-    python_version: str = "3.11"
-    pip_packages: list[str] = []
+    # "debian_slim", or a registry image ("nvidia/cuda:12.4.1-runtime-ubuntu22.04"; ModalKit's image + tag).
+    image: str = "debian_slim"
+    tag: str | None = None
+    dockerfile: str | None = None
+    python_version: str = Field("3.11", pattern=r"^3\.\d+$")
+    add_python: str | None = Field(None, pattern=r"^3\.\d+$")
     apt_packages: list[str] = []
+    pip_packages: list[str] = []
     run_commands: list[str] = []
     env: dict[str, str] = {}
     workdir: str | None = None
+    add_local: list[LocalPath] = []
+    add_python_sources: list[str] = []
+    model_download: ModelDownload | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -55,25 +90,69 @@ class BuildConfig(Section):
         if isinstance(data, dict) and "extra_run_commands" in data:
             data = dict(data)
             _deprecated("build_config.extra_run_commands", "build_config.run_commands")
-            data["run_commands"] = list(data.get("run_commands", [])) + list(data.pop("extra_run_commands"))
+            extra = data.pop("extra_run_commands")
+            data["run_commands"] = list(data.get("run_commands", [])) + (
+                [extra] if isinstance(extra, str) else list(extra)
+            )
         return data
+
+    @model_validator(mode="after")
+    def _one_base(self) -> BuildConfig:
+        if self.dockerfile is not None and self.image != "debian_slim":
+            raise ValueError("set either image (a registry image) or dockerfile, not both")
+        if self.tag is not None and self.image == "debian_slim":
+            raise ValueError("tag needs image to name a registry image")
+        return self
+
+    @property
+    def registry_image(self) -> str | None:
+        if self.image == "debian_slim":
+            return None
+        return f"{self.image}:{self.tag}" if self.tag else self.image
+
+
+class RetryPolicy(Section):
+    max_retries: int = Field(ge=0, le=10)
+    backoff_coefficient: float = Field(2.0, ge=1.0, le=10.0)
+    initial_delay: float = Field(1.0, ge=0, le=60)
+    max_delay: float = Field(60.0, ge=1, le=60)
+
+
+class CloudBucketMount(Section):
+    """An S3, GCS or R2 bucket mounted as a folder (as ModalKit's cloud_bucket_mounts)."""
+
+    mount_point: str = Field(pattern=r"^/")
+    bucket_name: str = Field(min_length=1)
+    bucket_endpoint_url: str | None = None  # required for R2 and GCS
+    key_prefix: str | None = Field(None, pattern=r"/$")
+    secret: str | None = None  # a Modal secret with the credentials
+    oidc_auth_role_arn: str | None = None
+    read_only: bool = False
+    requester_pays: bool = False
 
 
 class DeploymentConfig(Section):
     gpu: str | list[str] | None = None
     cpu: float | tuple[float, float] | None = None
     memory: int | tuple[int, int] | None = None
+    ephemeral_disk: int | None = Field(None, ge=1)
     timeout: int = Field(300, ge=1, le=86400)
+    startup_timeout: int | None = Field(None, ge=1, le=86400)
+    retries: int | RetryPolicy | None = Field(None)
+    region: str | list[str] | None = None
+    cloud: Literal["aws", "gcp", "oci", "auto"] | None = None
     min_containers: int = Field(0, ge=0)
     max_containers: int | None = Field(None, ge=1)
     buffer_containers: int | None = Field(None, ge=0)
     scaledown_window: int = Field(60, ge=2, le=3600)
     max_concurrent_inputs: int = Field(1, ge=1, le=1000)
     max_concurrent_inputs_handler: int = Field(100, ge=1, le=1000)
-    region: str | list[str] | None = None
-    retries: int | None = Field(None, ge=0, le=10)
     secrets: list[str] = []
-    volumes: dict[str, str] = {}
+    volumes: dict[str, str] = {}  # mount path -> volume name
+    volume_reload_interval_seconds: int | None = Field(None, ge=1)
+    cloud_bucket_mounts: list[CloudBucketMount] = []
+    enable_memory_snapshot: bool = False
+    secure: bool = False  # Modal proxy auth: callers send Modal-Key and Modal-Secret headers
 
     @model_validator(mode="before")
     @classmethod
@@ -90,7 +169,16 @@ class DeploymentConfig(Section):
             value = data.pop(old)
             # allow_concurrent_inputs: true meant "some concurrency" in old ModalKit configs.
             data[new] = 100 if value is True else value
+        if data.get("volume_reload_interval_seconds") == -1:  # ModalKit's "off"
+            data["volume_reload_interval_seconds"] = None
         return data
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, value: int | RetryPolicy | None) -> int | RetryPolicy | None:
+        if isinstance(value, int) and not 0 <= value <= 10:
+            raise ValueError("retries must be between 0 and 10")
+        return value
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -117,6 +205,14 @@ class DeploymentConfig(Section):
         request, limit = value if isinstance(value, tuple) else (value, value)
         if request is not None and limit is not None and not 0 < request <= limit:
             raise ValueError("memory (MiB) must be > 0, and a (request, limit) pair needs request <= limit")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: dict[str, str]) -> dict[str, str]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"volume mount path {path!r} must be absolute")
         return value
 
     @model_validator(mode="after")
@@ -159,13 +255,49 @@ class PricingConfig(Section):
         return value
 
 
+class AuthConfig(Section):
+    """API-key auth for every route but `public_routes`; on when api_key or api_key_env is set."""
+
+    api_key: SecretStr | None = None  # a literal key: fine locally, use api_key_env (+ a secret) on Modal
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_secret: str | None = None  # a Modal secret that sets api_key_env in the web containers
+    header: str = Field("x-api-key", pattern=r"^[A-Za-z0-9-]+$")
+    public_routes: list[str] = ["/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuthConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set either api_key or api_key_env, not both")
+        if self.api_key_secret is not None and self.api_key_env is None:
+            raise ValueError("api_key_secret needs api_key_env: the variable the secret sets")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_key is not None or self.api_key_env is not None
+
+
 class AppSettings(Section):
     app_prefix: str = Field("modalkit-app", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     build_config: BuildConfig = Field(default_factory=BuildConfig)
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
     batch_config: BatchConfig = Field(default_factory=BatchConfig)
     queue_config: QueueConfig = Field(default_factory=QueueConfig)
+    auth_config: AuthConfig = Field(default_factory=AuthConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_mounts(cls, data: Any) -> Any:
+        # ModalKit put local mounts under deployment_config.mounts; they are image steps now.
+        deploy = data.get("deployment_config") if isinstance(data, dict) else None
+        if isinstance(deploy, dict) and "mounts" in deploy:
+            _deprecated("deployment_config.mounts", "build_config.add_local")
+            data = {**data, "deployment_config": {k: v for k, v in deploy.items() if k != "mounts"}}
+            build = dict(data.get("build_config") or {})
+            build["add_local"] = list(build.get("add_local", [])) + list(deploy["mounts"] or [])
+            data["build_config"] = build
+        return data
 
 
 class ModelSettings(Section):

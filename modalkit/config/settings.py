@@ -84,7 +84,7 @@ class ModalConfig:
         return self.model_settings.model_entries[model_name]
 
     def to_dict(self) -> dict[str, Any]:
-        return self.settings.model_dump(mode="json")
+        return self.settings.model_dump(mode="json", by_alias=True)
 
     def get_image(self) -> Any:
         return translate.image(self.settings)
@@ -103,6 +103,9 @@ class ModalConfig:
 
     def get_concurrent_settings(self, handler: bool = False) -> dict[str, Any]:
         return translate.concurrent_settings(self.settings, handler=handler)
+
+    def get_enter_settings(self) -> dict[str, Any]:
+        return translate.enter_settings(self.settings)
 
     def __repr__(self) -> str:
         return f"ModalConfig(files={[str(f) for f in self.files]!r}, app_name={self.app_name!r})"

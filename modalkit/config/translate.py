@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from modalkit.exceptions import ConfigError
+
 if TYPE_CHECKING:
+    from modalkit.config.schema import BuildConfig, DeploymentConfig
     from modalkit.config.settings import ModalkitSettings
 
-# Runtime dependencies of modalkit that a Modal image needs; Modal installs its own client.
+# Runtime dependencies of modalkit that a Modal image needs when modalkit is not installed as a package.
 _FALLBACK_REQUIREMENTS = [
-    "fastapi>=0.110",
-    "pydantic>=2.7",
-    "pydantic-settings>=2.3",
-    "pyyaml>=6",
-    "opentelemetry-sdk>=1.25",
+    "fastapi>=0.110", "pydantic>=2.7", "pydantic-settings>=2.3", "pyyaml>=6", "click>=8", "redis>=5",
+    "prometheus-client>=0.20", "httpx>=0.27", "opentelemetry-sdk>=1.25",
     "opentelemetry-instrumentation-fastapi>=0.46b0",
-]
+]  # fmt: skip
 
 
 def modalkit_requirements() -> list[str]:
@@ -26,14 +27,16 @@ def modalkit_requirements() -> list[str]:
     except metadata.PackageNotFoundError:
         return list(_FALLBACK_REQUIREMENTS)
     base = [r for r in requires if "extra ==" not in r]
+    # Modal installs its own client in every container; uvicorn only serves `modalkit serve`.
     return [r for r in base if not r.startswith(("modal>", "modal=", "modal<", "uvicorn"))]
 
 
 def image(settings: ModalkitSettings) -> Any:
-    import modal
 
     build = settings.app_settings.build_config
-    img = modal.Image.debian_slim(python_version=build.python_version)
+    img = _base_image(build)
+    if build.env:
+        img = img.env(build.env)
     if build.apt_packages:
         img = img.apt_install(*build.apt_packages)
     img = img.pip_install(*modalkit_requirements())
@@ -41,17 +44,56 @@ def image(settings: ModalkitSettings) -> Any:
         img = img.pip_install(*build.pip_packages)
     if build.run_commands:
         img = img.run_commands(*build.run_commands)
-    from modalkit.config.settings import RESOLVED_CONFIG_ENV
-
-    img = img.env({**build.env, RESOLVED_CONFIG_ENV: resolved_config_json(settings)})
+    if build.model_download is not None:
+        step = build.model_download
+        img = img.run_function(
+            _import_function(step.function), kwargs=step.kwargs, secrets=_secrets(step.secrets), gpu=step.gpu,
+            timeout=step.timeout,
+        )  # fmt: skip
     if build.workdir:
         img = img.workdir(build.workdir)
-    # add_local_* steps must come last: Modal mounts them at container start instead of building a layer.
-    return img.add_local_python_source("modalkit")
+    # Last: the resolved config changes often, and every layer after it would be rebuilt.
+    from modalkit.config.settings import RESOLVED_CONFIG_ENV
+
+    img = img.env({RESOLVED_CONFIG_ENV: resolved_config_json(settings)})
+    # add_local_* steps must come last: Modal adds them when a container starts instead of building a layer.
+    for entry in build.add_local:
+        if entry.type == "dir":
+            img = img.add_local_dir(entry.local_path, entry.remote_path, copy=entry.copy_)
+        else:
+            img = img.add_local_file(entry.local_path, entry.remote_path, copy=entry.copy_)
+    return img.add_local_python_source("modalkit", *build.add_python_sources)
+
+
+def _base_image(build: BuildConfig) -> Any:
+    import modal
+
+    if build.dockerfile is not None:
+        return modal.Image.from_dockerfile(build.dockerfile, add_python=build.add_python)
+    if build.registry_image is not None:
+        return modal.Image.from_registry(build.registry_image, add_python=build.add_python)
+    return modal.Image.debian_slim(python_version=build.python_version)
+
+
+def _import_function(reference: str) -> Any:
+    module_name, _, name = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            [f"app_settings.build_config.model_download.function: cannot import {reference!r}: {exc}"]
+        ) from None
 
 
 def resolved_config_json(settings: ModalkitSettings) -> str:
-    return json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+    """The config as the containers will read it. A literal API key is not baked into the image: the
+    containers expect it in MODALKIT_API_KEY (from a Modal secret) and refuse to start without it."""
+    data = settings.model_dump(mode="json", by_alias=True)
+    auth = data["app_settings"]["auth_config"]
+    if auth.get("api_key") is not None:
+        auth["api_key"] = None
+        auth["api_key_env"] = "MODALKIT_API_KEY"
+    return json.dumps(data, sort_keys=True)
 
 
 def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
@@ -66,26 +108,38 @@ def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
         "gpu": deploy.gpu,
         "cpu": deploy.cpu,
         "memory": deploy.memory,
+        "ephemeral_disk": deploy.ephemeral_disk,
+        "startup_timeout": deploy.startup_timeout,
         "max_containers": deploy.max_containers,
         "buffer_containers": deploy.buffer_containers,
         "region": deploy.region,
-        "retries": deploy.retries,
+        "cloud": deploy.cloud,
+        "retries": _retries(deploy),
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
-    kwargs.update(_secrets_and_volumes(settings))
+    if deploy.enable_memory_snapshot:
+        kwargs["enable_memory_snapshot"] = True
+    if deploy.secrets:
+        kwargs["secrets"] = _secrets(deploy.secrets)
+    volumes = _volumes(deploy)
+    if volumes:
+        kwargs["volumes"] = volumes
     return kwargs
 
 
 def handler_settings(settings: ModalkitSettings) -> dict[str, Any]:
     deploy = settings.app_settings.deployment_config
-    return {
-        "image": image(settings),
-        "timeout": deploy.timeout,
-        **_secrets_and_volumes(settings, volumes=False),
-    }
+    auth = settings.app_settings.auth_config
+    names = [*deploy.secrets, *([auth.api_key_secret] if auth.api_key_secret else [])]
+    kwargs: dict[str, Any] = {"image": image(settings), "timeout": deploy.timeout}
+    if names:
+        kwargs["secrets"] = _secrets(names)
+    return kwargs
 
 
 def asgi_app_settings(settings: ModalkitSettings) -> dict[str, Any]:
+    if settings.app_settings.deployment_config.secure:
+        return {"requires_proxy_auth": True}
     return {}
 
 
@@ -99,15 +153,43 @@ def concurrent_settings(settings: ModalkitSettings, handler: bool = False) -> di
     return {"max_inputs": deploy.max_concurrent_inputs_handler if handler else deploy.max_concurrent_inputs}
 
 
-def _secrets_and_volumes(settings: ModalkitSettings, volumes: bool = True) -> dict[str, Any]:
+def enter_settings(settings: ModalkitSettings) -> dict[str, Any]:
+    """`@modal.enter` arguments of load_artefacts: with memory snapshots it runs before the snapshot."""
+    return {"snap": True} if settings.app_settings.deployment_config.enable_memory_snapshot else {}
+
+
+def _retries(deploy: DeploymentConfig) -> Any:
     import modal
 
-    deploy = settings.app_settings.deployment_config
-    out: dict[str, Any] = {}
-    if deploy.secrets:
-        out["secrets"] = [modal.Secret.from_name(name) for name in deploy.secrets]
-    if volumes and deploy.volumes:
-        out["volumes"] = {
-            path: modal.Volume.from_name(name, create_if_missing=True) for path, name in deploy.volumes.items()
-        }
-    return out
+    if deploy.retries is None or isinstance(deploy.retries, int):
+        return deploy.retries
+    policy = deploy.retries
+    return modal.Retries(
+        max_retries=policy.max_retries, backoff_coefficient=policy.backoff_coefficient,
+        initial_delay=policy.initial_delay, max_delay=policy.max_delay,
+    )  # fmt: skip
+
+
+def _secrets(names: list[str]) -> list[Any]:
+    import modal
+
+    return [modal.Secret.from_name(name) for name in names]
+
+
+def _volumes(deploy: DeploymentConfig) -> dict[str, Any]:
+    import modal
+
+    volumes: dict[str, Any] = {
+        path: modal.Volume.from_name(name, create_if_missing=True) for path, name in deploy.volumes.items()
+    }
+    for bucket in deploy.cloud_bucket_mounts:
+        volumes[bucket.mount_point] = modal.CloudBucketMount(
+            bucket_name=bucket.bucket_name,
+            bucket_endpoint_url=bucket.bucket_endpoint_url,
+            key_prefix=bucket.key_prefix,
+            secret=modal.Secret.from_name(bucket.secret) if bucket.secret else None,
+            oidc_auth_role_arn=bucket.oidc_auth_role_arn,
+            read_only=bucket.read_only,
+            requester_pays=bucket.requester_pays,
+        )
+    return volumes

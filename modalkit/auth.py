@@ -1,0 +1,56 @@
+"""API-key auth for the web app: every route but the public ones needs the key in a header."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modalkit.config.schema import AuthConfig
+from modalkit.exceptions import ConfigError
+
+
+def resolve_api_key(config: AuthConfig) -> str | None:
+    """The key to expect, or None when auth is off; a configured but missing key is an error (fail closed)."""
+    if config.api_key is not None:
+        return config.api_key.get_secret_value()
+    if config.api_key_env is None:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ConfigError(
+            [f"app_settings.auth_config.api_key_env: the environment variable {config.api_key_env} is not set"
+             + (f" (is the Modal secret {config.api_key_secret!r} attached?)" if config.api_key_secret else "")]
+        )  # fmt: skip
+    return key
+
+
+class ApiKeyAuth:
+    """Pure ASGI, so it guards every route (docs included unless public) without a task per request."""
+
+    def __init__(self, app: ASGIApp, key: str, header: str, public_routes: list[str]) -> None:
+        self.app = app
+        self._key = key.encode()
+        self._header = header.lower().encode()
+        self._public = frozenset(public_routes)
+        self._name = header
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._public:
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == self._header), None)
+        if given is not None and hmac.compare_digest(given, self._key):
+            await self.app(scope, receive, send)
+            return
+        detail = f"missing API key: send it in the {self._name} header" if given is None else "invalid API key"
+        body = json.dumps({"detail": detail}).encode()
+        await send({
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", self._name.encode())],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})

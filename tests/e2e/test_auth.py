@@ -1,0 +1,65 @@
+"""Acceptance: with an API key configured, every route but the public ones answers 401 without the right key."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from modalkit.auth import resolve_api_key
+from modalkit.config.schema import AuthConfig
+from modalkit.exceptions import ConfigError
+from tests.conftest import APPS, Server
+
+KEY = "k-3f9a0c1e5b7d"
+PUBLIC = {"/health", "/docs", "/openapi.json"}
+
+
+@pytest.fixture(scope="module")
+def server(serve) -> Server:
+    env = {"MODALKIT_APP_SETTINGS__AUTH_CONFIG__API_KEY_ENV": "ECHO_API_KEY", "ECHO_API_KEY": KEY}
+    return serve(APPS / "echo_app.py", APPS / "echo.yaml", env=env)
+
+
+def call(server: Server, method: str, path: str, key: str | None) -> httpx.Response:
+    headers = {"x-api-key": key} if key is not None else {}
+    body = {"/predict_batch": [{"text": "a"}]}.get(path, {"text": "a"})
+    path = path.replace("{job_id}", "0" * 32)
+    return httpx.request(
+        method, server.url + path, json=body if method == "POST" else None, headers=headers, timeout=30
+    )
+
+
+def routes(server: Server) -> list[tuple[str, str]]:
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    return [(method.upper(), path) for path, item in spec["paths"].items() for method in item]
+
+
+def test_every_private_route_needs_the_key(server: Server) -> None:
+    private = [(m, p) for m, p in routes(server) if p not in PUBLIC]
+    assert {p for _, p in private} >= {
+        "/predict",
+        "/predict_sync",
+        "/predict_batch",
+        "/predict_async",
+        "/metrics",
+        "/stats",
+    }
+    for method, path in private:
+        missing = call(server, method, path, None)
+        assert missing.status_code == 401, (method, path)
+        assert "x-api-key" in missing.json()["detail"]
+        assert call(server, method, path, "wrong-key").status_code == 401, (method, path)
+        assert call(server, method, path, KEY).status_code in (200, 202, 404), (method, path)  # 404: the unknown job
+
+
+def test_public_routes_need_no_key(server: Server) -> None:
+    for path in PUBLIC:
+        assert httpx.get(server.url + path, timeout=10).status_code == 200, path
+
+
+def test_a_key_that_is_configured_but_missing_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ABSENT_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"auth_config\.api_key_env: the environment variable ABSENT_KEY is not set"):
+        resolve_api_key(AuthConfig(api_key_env="ABSENT_KEY"))
+    assert resolve_api_key(AuthConfig()) is None
+    assert resolve_api_key(AuthConfig(api_key="literal")) == "literal"
