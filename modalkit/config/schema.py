@@ -255,6 +255,13 @@ class PricingConfig(Section):
         return value
 
 
+class LocalConfig(Section):
+    """How `modalkit serve` plays Modal's containers on one machine."""
+
+    # Torch/OpenMP threads per container; default: the machine's cores shared by max containers.
+    threads_per_container: int | None = Field(None, ge=1, le=256)
+
+
 class AuthConfig(Section):
     """API-key auth for every route but `public_routes`; on when api_key or api_key_env is set."""
 
@@ -284,6 +291,7 @@ class AppSettings(Section):
     batch_config: BatchConfig = Field(default_factory=BatchConfig)
     queue_config: QueueConfig = Field(default_factory=QueueConfig)
     auth_config: AuthConfig = Field(default_factory=AuthConfig)
+    local_config: LocalConfig = Field(default_factory=LocalConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
 
     @model_validator(mode="before")

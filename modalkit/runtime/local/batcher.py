@@ -32,37 +32,50 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000
         self._queue: deque[Pending] = deque()
-        self._arrived = asyncio.Event()
+        self._waiters: list[asyncio.Future[bool]] = []  # one per container waiting for items
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest queued item has waited (0 when the queue is empty)."""
+        return asyncio.get_running_loop().time() - self._queue[0].arrival if self._queue else 0.0
 
     def submit(self, item: Any, solo: bool = False, trace: SpanContext | None = None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(Pending(item, future, loop.time(), solo, trace))
-        self._arrived.set()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(True)
         return future
 
-    async def next_batch(self) -> list[Pending]:
+    async def next_batch(self, idle_timeout: float | None = None) -> list[Pending]:
+        """The next batch; an empty list if nothing arrived within `idle_timeout` seconds."""
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            deadline = self._queue[0].arrival + self.wait_s
-            while len(self._queue) < self.max_batch_size and self._queue and not self._queue[0].solo:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
+            if not self._queue and not await self._arrival(idle_timeout):
+                return []
+            while self._queue and len(self._queue) < self.max_batch_size and not self._queue[0].solo:
+                remaining = self._queue[0].arrival + self.wait_s - loop.time()
+                if remaining <= 0 or not await self._arrival(remaining):
                     break
             batch = self._take()
             if batch:
                 return batch
+
+    async def _arrival(self, timeout: float | None) -> bool:
+        """Wait for the next submitted item; False if `timeout` seconds pass first (no task is created)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(timeout, _settle, waiter, False) if timeout is not None else None
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiters.remove(waiter)
+            if timer is not None:
+                timer.cancel()
 
     def _take(self) -> list[Pending]:
         batch: list[Pending] = []
@@ -85,3 +98,8 @@ class Batcher:
 def resolve(pending: Pending, result: Any) -> None:
     if not pending.future.done():
         pending.future.set_result(result)
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)

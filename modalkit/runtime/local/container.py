@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from typing import Any
 
@@ -20,9 +21,10 @@ class ContainerDied(Exception):
 
 
 class Container:
-    def __init__(self, ref: ServiceRef, model_name: str) -> None:
+    def __init__(self, ref: ServiceRef, model_name: str, env: dict[str, str] | None = None) -> None:
         self.ref = ref
         self.model_name = model_name
+        self.env = {**os.environ, **(env or {})}
         self._proc: asyncio.subprocess.Process | None = None
         self.load_seconds = 0.0
 
@@ -34,7 +36,7 @@ class Container:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "modalkit.runtime.local.worker",
             self.ref.app_path, self.ref.attribute, self.model_name,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=self.env,
         )  # fmt: skip
         try:
             kind, info = await self._read()

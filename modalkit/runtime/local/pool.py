@@ -1,10 +1,17 @@
-"""The containers of one model entry: started at boot, replaced when they crash or are recycled."""
+"""The containers of one model entry, scaled as Modal scales them.
+
+`min_containers` start at boot; another starts (up to `max_containers`) when queued work has waited
+longer than a batch takes; a container idle for `scaledown_window` stops (never below the minimum);
+a container that crashed or was recycled is replaced at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import time
 from typing import Any
 
@@ -19,31 +26,43 @@ from modalkit.runtime.local.container import Container, ContainerDied, Container
 logger = logging.getLogger("modalkit.pool")
 
 _MAX_LOAD_BACKOFF_S = 30.0
+_SCALE_TICK_S = 0.05
 
 
 class ContainerPool:
     def __init__(self, ref: ServiceRef, model_name: str, config: ModalConfig) -> None:
-        batch = config.app_settings.batch_config
-        deploy = config.app_settings.deployment_config
+        app = config.app_settings
+        deploy = app.deployment_config
         self.ref = ref
         self.model_name = model_name
-        self.batcher = Batcher(batch.max_batch_size, batch.wait_ms)
-        self.size = max(1, deploy.min_containers)
-        if deploy.max_containers is not None:
-            self.size = min(self.size, deploy.max_containers)
+        self.batcher = Batcher(app.batch_config.max_batch_size, app.batch_config.wait_ms)
+        self.min_containers = deploy.min_containers
+        # Unbounded on Modal; here one machine's worth: at least one, at least the minimum.
+        self.max_containers = deploy.max_containers or max(1, deploy.min_containers)
+        self.scaledown_window = float(deploy.scaledown_window)
+        threads = app.local_config.threads_per_container or max(1, (os.cpu_count() or 1) // self.max_containers)
+        self.env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.stats = PoolStats()
         self.ready = 0
         self.load_error: str | None = None
         self.containers: dict[int, Container] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._slots: dict[int, asyncio.Task[None]] = {}
+        self._ids = itertools.count()
+        self._busy = 0
+        self._leaving = 0  # containers that decided to idle out but have not stopped yet
+        self._batch_seconds = 0.0  # moving average: how long a batch takes
+        self._autoscaler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self.size)]
+        for _ in range(self.min_containers):
+            self._start_container()
+        self._autoscaler = asyncio.create_task(self._autoscale())
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [t for t in (self._autoscaler, *self._slots.values()) if t is not None]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.batcher.fail_all(Failure(503, "the server is shutting down", "unavailable"))
@@ -55,10 +74,15 @@ class ContainerPool:
             return future
         return self.batcher.submit(item, solo, telemetry.current_span_context())
 
+    def failed(self) -> bool:
+        return self.load_error is not None and self.ready == 0
+
     def health(self) -> dict[str, Any]:
         return {
-            "containers": self.size,
+            "containers": len(self._slots),
             "ready_containers": self.ready,
+            "min_containers": self.min_containers,
+            "max_containers": self.max_containers,
             "queued": len(self.batcher),
             "load_error": self.load_error,
             "pids": [c.pid for c in self.containers.values()],
@@ -70,47 +94,79 @@ class ContainerPool:
     def _load_failure(self) -> Failure:
         return Failure(503, f"model {self.model_name!r} failed to load: {self.load_error}", "load")
 
-    async def _supervise(self, index: int) -> None:
-        failed_loads = 0
+    def _start_container(self) -> None:
+        slot = next(self._ids)
+        self._slots[slot] = asyncio.create_task(self._run_slot(slot))
+
+    async def _autoscale(self) -> None:
         while True:
-            container = Container(self.ref, self.model_name)
-            self.stats.container_up(id(container))
-            try:
-                await container.start()
-            except ContainerLoadFailed as exc:
-                self.stats.container_down(id(container))
-                failed_loads += 1
-                self.load_error = str(exc)
-                logger.error("model %r failed to load (attempt %d): %s", self.model_name, failed_loads, exc)
-                self.batcher.fail_all(self._load_failure())
-                await asyncio.sleep(min(_MAX_LOAD_BACKOFF_S, 0.5 * 2**failed_loads))
+            await asyncio.sleep(_SCALE_TICK_S)
+            live = len(self._slots)
+            if live >= self.max_containers or not len(self.batcher):
                 continue
-            except asyncio.CancelledError:
-                self.stats.container_down(id(container))
-                await container.stop()
-                raise
-            failed_loads = 0
-            self.load_error = None
-            self.containers[index] = container
-            self.ready += 1
-            logger.info("container %d of %r ready (pid %s)", index, self.model_name, container.pid)
-            try:
-                cause = await self._serve(container)
-            finally:
-                self.ready -= 1
-                del self.containers[index]
-                self.stats.container_down(id(container))
-                await container.stop()
-            self.stats.restarts[cause] += 1
-            logger.warning("container %d of %r replaced after %s", index, self.model_name, cause)
+            starting = live - self.ready
+            idle = self.ready - self._busy
+            waited_a_batch = self.batcher.oldest_wait() > max(self._batch_seconds, self.batcher.wait_s)
+            if live == 0 or (starting == 0 and idle <= 0 and waited_a_batch):
+                logger.info("scaling %r up to %d containers (%d queued)", self.model_name, live + 1, len(self.batcher))
+                self._start_container()
+
+    async def _run_slot(self, slot: int) -> None:
+        """One container's life: start (retrying a failed load with backoff), serve, then stop or be replaced."""
+        failed_loads = 0
+        try:
+            while True:
+                container = Container(self.ref, self.model_name, self.env)
+                self.stats.container_up(id(container))
+                try:
+                    await container.start()
+                except ContainerLoadFailed as exc:
+                    self.stats.container_down(id(container))
+                    failed_loads += 1
+                    self.load_error = str(exc)
+                    logger.error("model %r failed to load (attempt %d): %s", self.model_name, failed_loads, exc)
+                    self.batcher.fail_all(self._load_failure())
+                    await asyncio.sleep(min(_MAX_LOAD_BACKOFF_S, 0.5 * 2**failed_loads))
+                    continue
+                except BaseException:
+                    self.stats.container_down(id(container))
+                    await container.stop()
+                    raise
+                failed_loads = 0
+                self.load_error = None
+                self.containers[slot] = container
+                self.ready += 1
+                logger.info("container of %r ready (pid %s)", self.model_name, container.pid)
+                try:
+                    ended = await self._serve(container)
+                finally:
+                    self.ready -= 1
+                    del self.containers[slot]
+                    self.stats.container_down(id(container))
+                    await container.stop()
+                if ended == "idle":
+                    self._leaving -= 1
+                    logger.info("container of %r idle for %ss: stopped", self.model_name, self.scaledown_window)
+                    return
+                self.stats.restarts[ended] += 1
+                logger.warning("container of %r replaced after %s", self.model_name, ended)
+        finally:
+            del self._slots[slot]
 
     async def _serve(self, container: Container) -> str:
-        """Feed batches to one container until it dies or asks to be recycled; returns the cause."""
+        """Feed batches to one container until it dies, is recycled, or idles out; returns why it ended."""
         loop = asyncio.get_running_loop()
         cold = True  # the first batch of a container pays for its start
         while True:
-            batch = await self.batcher.next_batch()
-            sent_ns = time.time_ns()
+            can_idle_out = len(self._slots) - self._leaving > self.min_containers
+            batch = await self.batcher.next_batch(self.scaledown_window if can_idle_out else None)
+            if not batch:
+                if len(self._slots) - self._leaving > self.min_containers:
+                    self._leaving += 1
+                    return "idle"
+                continue
+            self._busy += 1
+            sent_ns, started = time.time_ns(), loop.time()
             try:
                 results, inference_ns = await container.run([p.item for p in batch])
             except ContainerDied as exc:
@@ -119,9 +175,12 @@ class ContainerPool:
             except asyncio.CancelledError:
                 _fail(batch, Failure(503, "the server is shutting down", "unavailable"))
                 raise
+            finally:
+                self._busy -= 1
             for pending, result in zip(batch, results, strict=True):
                 resolve(pending, result)
             done = loop.time()
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (done - started) if not cold else done - started
             self.stats.record_batch(len(batch), cold, [done - p.arrival for p in batch])
             telemetry.record_batch(
                 self.model_name, [p.trace for p in batch], str(container.pid), cold, (sent_ns, time.time_ns()),

@@ -31,7 +31,7 @@ class LocalRuntime:
         queue_config = self.config.app_settings.queue_config
         batch_config = self.config.app_settings.batch_config
         self.sink = self.sink or make_sink(queue_config)
-        in_flight = 2 * batch_config.max_batch_size * sum(p.size for p in self.pools.values())
+        in_flight = 2 * batch_config.max_batch_size * sum(p.max_containers for p in self.pools.values())
         store = JobStore(queue_config.job_store)
         self.jobs = JobDispatcher(store, self.pools, self._input_model, queue_config, self.sink, in_flight)
         for pool in self.pools.values():
@@ -57,7 +57,8 @@ class LocalRuntime:
         return self.jobs.store.view(job_id)
 
     def ready(self) -> bool:
-        return all(pool.ready > 0 for pool in self.pools.values())
+        """Ready to answer: no model is failing to load (a model with no container yet starts one on demand)."""
+        return not any(pool.failed() for pool in self.pools.values())
 
     def observe(self) -> Observation:
         return Observation(
