@@ -33,8 +33,13 @@ format: install
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
+# LitServe is only for the comparison in vs_litserve.py: installed here, never a modalkit dependency.
 bench: install
+	$(BIN)/pip install --quiet litserve
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/vs_litserve.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

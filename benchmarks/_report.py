@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import socket
 import statistics
 import subprocess
@@ -19,6 +21,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
+SENTENCES = [
+    f"Sentence {i}: the quick brown fox jumps over the lazy dog near the river bank at dawn." for i in range(512)
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -70,31 +75,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(app: str, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    modalkit = str(Path(sys.executable).parent / "modalkit")
+def spawn(cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own session, so that stop_server can also end the worker processes it starts."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
-    cmd = [modalkit, "serve", app, "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not become ready")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+
+
+def answers(url: str, body: Any = None) -> bool:
+    """Whether `url` answers 200: GET, or POST of `body` as JSON when a body is given."""
+    try:
+        response = httpx.get(url, timeout=2) if body is None else httpx.post(url, json=body, timeout=10)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def wait_until_answers(process: subprocess.Popen[bytes], url: str, body: Any = None, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not answers(url, body):
+        exited = process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            stop_server(process)  # and any workers it left behind
+            raise RuntimeError(f"server exited with {process.returncode}" if exited else f"no answer from {url}")
+        time.sleep(0.05)
+
+
+def modalkit_command(app: str, port: int, config: str | None = None) -> list[str]:
+    cmd = [str(Path(sys.executable).parent / "modalkit"), "serve", app, "--port", str(port), "--log-level", "warning"]
+    return cmd + (["--config", config] if config else [])
+
+
+def start_server(app: str, port: int, extra_env: dict[str, str] | None = None,
+                 config: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`modalkit serve APP` (with `--config CONFIG` if given), once /health answers 200."""
+    process = spawn(modalkit_command(app, port, config), extra_env)
+    wait_until_answers(process, f"http://127.0.0.1:{port}/health")
+    return process
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server, then SIGKILL to whatever is left of its process group (its workers)."""
     process.terminate()
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

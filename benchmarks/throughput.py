@@ -15,12 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, closed_loop, free_port, markdown_table, start_server, stop_server, write_section
+from _report import ROOT, SENTENCES, closed_loop, free_port, markdown_table, start_server, stop_server, write_section
 
 APP = "examples/minilm/app.py"
-SENTENCES = [
-    f"Sentence {i}: the quick brown fox jumps over the lazy dog near the river bank at dawn." for i in range(512)
-]
 
 
 def direct_items_per_s(seconds: float, batch_size: int = 32) -> float:

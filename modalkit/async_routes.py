@@ -5,11 +5,12 @@
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from modalkit.exceptions import JobExpired, QueueFull
+from modalkit.http_body import located, parse_json
 from modalkit.jobs import AsyncRequest
 from modalkit.runtime import Runtime
 
@@ -29,8 +30,13 @@ class JobStatus(BaseModel):
     error: Any = None
 
 
-def add_async_routes(app: FastAPI, runtime: Runtime, input_model: type[BaseModel],
-                     model_name_param: Callable[..., str], read_json: Callable[..., Any]) -> None:  # fmt: skip
+def add_async_routes(
+    app: FastAPI,
+    runtime: Runtime,
+    input_model: type[BaseModel],
+    pick_model: Callable[[Request], str],
+    body_doc: Callable[..., dict[str, Any]],
+) -> None:
     envelope: type[BaseModel] = create_model(
         f"{input_model.__name__}AsyncRequest",
         __config__=ConfigDict(extra="forbid"),
@@ -42,17 +48,17 @@ def add_async_routes(app: FastAPI, runtime: Runtime, input_model: type[BaseModel
     input_ref = {"$ref": f"#/components/schemas/{input_model.__name__}"}
     envelope_schema = envelope.model_json_schema(ref_template="#/components/schemas/{model}")
     envelope_schema.pop("$defs", None)
-    body_schema = {"anyOf": [input_ref, envelope_schema]}
 
     @app.post(
         "/predict_async",
         status_code=202,
         response_model=AsyncAccepted,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}},
+        openapi_extra=body_doc({"anyOf": [input_ref, envelope_schema]}),
         responses={429: {"description": "too many pending jobs; retry after Retry-After seconds"}},
     )
-    async def predict_async(request: Request, model_name: str = Depends(model_name_param)) -> AsyncAccepted:
-        body = await read_json(request)
+    async def predict_async(request: Request) -> AsyncAccepted:
+        model_name = pick_model(request)
+        body = parse_json(await request.body())
         try:
             if isinstance(body, dict) and "message" in body:
                 parsed = envelope.model_validate(body)
@@ -60,11 +66,7 @@ def add_async_routes(app: FastAPI, runtime: Runtime, input_model: type[BaseModel
             else:
                 job = AsyncRequest(input_model.model_validate(body))
         except ValidationError as exc:
-            detail = [
-                {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            raise HTTPException(422, detail) from None
+            raise HTTPException(422, located(exc, ["body"])) from None
         try:
             job_id = await runtime.spawn(model_name, job)
         except QueueFull as exc:

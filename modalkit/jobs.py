@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -59,4 +60,6 @@ def sink_message(
 def jsonable(value: Any) -> Any:
     from fastapi.encoders import jsonable_encoder
 
-    return jsonable_encoder(value)
+    from modalkit.outcome import Encoded
+
+    return json.loads(value) if isinstance(value, Encoded) else jsonable_encoder(value)

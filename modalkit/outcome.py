@@ -27,3 +27,7 @@ class Failure:
     @property
     def recycles_container(self) -> bool:
         return self.cause == "cuda"
+
+
+class Encoded(bytes):
+    """An output a local container already serialised to JSON: the server sends it as it is."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modalkit.app_loader import user_class
 from modalkit.async_routes import add_async_routes
 from modalkit.auth import ApiKeyAuth, resolve_api_key
+from modalkit.http_body import encode, located, parse_input, parse_json
 from modalkit.metrics import Metrics, usage
 from modalkit.outcome import Failure
 from modalkit.runtime import Runtime, select_runtime
@@ -72,49 +73,71 @@ def create_web_endpoints(
         app.add_middleware(ApiKeyAuth, key=api_key, header=auth.header, public_routes=auth.public_routes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: 401s are counted too
     configure_tracing(config.app_name)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics", exclude_spans=["receive", "send"])
 
-    def model_name_param(
-        model_name: str | None = Query(None, description=f"a model entry: {', '.join(model_names)}"),
-    ) -> str:
-        name = model_name or default_model
-        if name not in model_names:
+    known = frozenset(model_names)
+    model_query = {
+        "name": "model_name", "in": "query", "required": False,
+        "schema": {"type": "string", "enum": model_names, "default": default_model},
+        "description": "the model entry to run",
+    }  # fmt: skip
+
+    def body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+        content = {"application/json": {"schema": schema}}
+        return {"parameters": [model_query], "requestBody": {"required": True, "content": content}}
+
+    def pick_model(request: Request) -> str:
+        name = request.query_params.get("model_name") or default_model
+        if name not in known:
             raise HTTPException(404, f"unknown model_name {name!r}; known: {', '.join(model_names)}")
         return name
 
-    async def predict(item: input_model, model_name: str = Depends(model_name_param)) -> Any:  # type: ignore[valid-type]
-        result = await chosen.submit(model_name, item)
+    input_ref = {"$ref": f"#/components/schemas/{input_model.__name__}"}
+
+    # The routes read the body themselves: one JSON parse and one validation, in pydantic-core, and the
+    # answer goes out as the JSON the container already made (FastAPI would validate it again).
+    async def predict(request: Request) -> Response:
+        name = pick_model(request)
+        item = parse_input(input_model, await request.body())
+        result = await chosen.submit(name, item)
         if isinstance(result, Failure):
             if result.status_code >= 500:
-                logger.warning("predict on %r failed (%d): %s", model_name, result.status_code, result.detail)
+                logger.warning("predict on %r failed (%d): %s", name, result.status_code, result.detail)
             raise HTTPException(result.status_code, result.detail)
-        return result
+        return Response(encode(result), media_type="application/json")
 
     for path in ("/predict", "/predict_sync"):
-        app.add_api_route(path, predict, methods=["POST"], response_model=output_model, name=path[1:])
-
-    batch_body = {"type": "array", "items": {"$ref": f"#/components/schemas/{input_model.__name__}"}}
+        app.add_api_route(
+            path, predict, methods=["POST"], response_model=output_model, name=path[1:],
+            openapi_extra=body_doc(input_ref),
+            responses={422: {"description": "invalid input; detail[].loc names the field"}},
+        )  # fmt: skip
 
     @app.post(
         "/predict_batch",
         response_model=list[output_model | BatchItemError],  # type: ignore[valid-type]
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_body}}}},
+        openapi_extra=body_doc({"type": "array", "items": input_ref}),
     )
-    async def predict_batch(request: Request, model_name: str = Depends(model_name_param)) -> list[Any]:
-        items = await _batch_items(request)
-        answers: list[Any] = [None] * len(items)
+    async def predict_batch(request: Request) -> Response:
+        name = pick_model(request)
+        items = parse_json(await request.body())
+        if not isinstance(items, list):
+            raise HTTPException(422, [{"type": "list_type", "loc": ["body"], "msg": "expected a JSON array of inputs"}])
+        answers: list[bytes] = [b""] * len(items)
         valid: dict[int, Any] = {}
         for index, raw in enumerate(items):
             try:
                 valid[index] = input_model.model_validate(raw)
             except ValidationError as exc:
-                answers[index] = _item_error(422, _located(exc, index))
-        results = await asyncio.gather(*(chosen.submit(model_name, item) for item in valid.values()))
+                answers[index] = encode(_item_error(422, located(exc, ["body", index])))
+        results = await asyncio.gather(*(chosen.submit(name, item) for item in valid.values()))
         for index, result in zip(valid, results, strict=True):
-            answers[index] = _item_error(result.status_code, result.detail) if isinstance(result, Failure) else result
-        return answers
+            failed = isinstance(result, Failure)
+            answers[index] = encode(_item_error(result.status_code, result.detail) if failed else result)
+        return Response(b"[" + b",".join(answers) + b"]", media_type="application/json")
 
-    add_async_routes(app, chosen, input_model, model_name_param, read_json)
+    add_async_routes(app, chosen, input_model, pick_model, body_doc)
+    _document_input(app, input_model)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -163,25 +186,20 @@ class RequestMetrics:
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
-async def read_json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise HTTPException(422, [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]) from None
+def _document_input(app: FastAPI, input_model: type[BaseModel]) -> None:
+    """The routes read their bodies themselves, so put the input model's schema into the OpenAPI components."""
+    build = app.openapi
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schema = input_model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[input_model.__name__] = schema
+        return app.openapi_schema or spec
 
-async def _batch_items(request: Request) -> list[Any]:
-    body = await read_json(request)
-    if not isinstance(body, list):
-        raise HTTPException(422, [{"loc": ["body"], "msg": "expected a JSON array of inputs", "type": "list_type"}])
-    return body
-
-
-def _located(exc: ValidationError, index: int) -> list[dict[str, Any]]:
-    return [
-        {"loc": ["body", index, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _item_error(status_code: int, detail: Any) -> BatchItemError:

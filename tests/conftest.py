@@ -13,8 +13,19 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One tracer provider for the whole test process, installed before any app is built (an app leaves an
+# existing provider alone), so tests/test_telemetry.py can read every span from SPANS.
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
 APPS = Path(__file__).resolve().parent / "apps"
 MODALKIT = str(Path(sys.executable).parent / "modalkit")
 

@@ -8,26 +8,18 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from modalkit.app_loader import import_app
 from modalkit.web import create_web_endpoints
-from tests.conftest import APPS, wait_for
+from tests.conftest import APPS, SPANS, wait_for
 
-EXPORTER = InMemorySpanExporter()
+EXPORTER = SPANS
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     mp = pytest.MonkeyPatch()
     mp.setenv("MODALKIT_CONFIG", str(APPS / "echo.yaml"))
     mp.setenv("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__JOB_STORE", str(tmp_path_factory.mktemp("jobs") / "j.sqlite3"))

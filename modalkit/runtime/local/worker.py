@@ -11,8 +11,10 @@ import sys
 import time
 from typing import IO, Any
 
+import pydantic_core
+
 from modalkit.app_loader import ServiceRef, load_service, user_class
-from modalkit.outcome import Failure
+from modalkit.outcome import Encoded, Failure
 from modalkit.runtime.local import frames
 
 EXIT_RECYCLE = 75
@@ -25,7 +27,8 @@ def main(argv: list[str]) -> int:
     try:
         service = load_service(ServiceRef(app_path, attribute))
         obj = service(**_parameters(service, model_name))
-        obj.process_request.local([])  # the first local call runs @modal.enter: load_artefacts, once
+        run_batch = obj.process_request.local  # looked up once: Modal binds the method on every access
+        run_batch([])  # the first local call runs @modal.enter: load_artefacts, once
     except BaseException as exc:
         _send(frames_out, ("load_failed", f"{type(exc).__name__}: {exc}"))
         return 3
@@ -36,10 +39,20 @@ def main(argv: list[str]) -> int:
             return 0
         items = message[1]
         started_ns = time.time_ns()
-        results = obj.process_request.local(items)
+        results = [_encoded(r) for r in run_batch(items)]
         _send(frames_out, ("results", results, (started_ns, time.time_ns())), fallback_size=len(items))
         if any(isinstance(r, Failure) and r.recycles_container for r in results):
             return EXIT_RECYCLE
+
+
+def _encoded(result: Any) -> Any:
+    """Outputs leave as JSON: smaller to send, and the server answers with these bytes unchanged."""
+    if isinstance(result, Failure):
+        return result
+    try:
+        return Encoded(pydantic_core.to_json(result))
+    except Exception as exc:
+        return Failure(500, f"output is not JSON-serialisable: {type(exc).__name__}: {exc}")
 
 
 def _take_over_stdio() -> tuple[IO[bytes], IO[bytes]]:
