@@ -28,8 +28,8 @@ def configure_tracing(service_name: str) -> None:
     """
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
