@@ -36,7 +36,12 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
         asgi_app = find_web_app(import_app(app_path))
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None
-    uvicorn.run(asgi_app, host=host, port=port, log_level=log_level, access_log=False, log_config=None)
+    config = getattr(getattr(asgi_app, "state", None), "config", None)
+    grace = config.app_settings.local_config.shutdown_grace_seconds if config is not None else 30.0
+    uvicorn.run(
+        asgi_app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
+        timeout_graceful_shutdown=int(grace) or None,
+    )  # fmt: skip
 
 
 @main.command()

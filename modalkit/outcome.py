@@ -7,7 +7,7 @@ from typing import Literal
 
 from modalkit.exceptions import InferenceError
 
-Cause = Literal["item", "cuda", "crash", "load", "unavailable"]
+Cause = Literal["item", "cuda", "crash", "timeout", "load", "unavailable"]
 
 
 @dataclass(frozen=True, slots=True)

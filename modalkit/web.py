@@ -5,7 +5,7 @@
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -64,8 +64,17 @@ def create_web_endpoints(
         finally:
             await chosen.stop()
 
-    app = FastAPI(title=config.app_name, lifespan=lifespan)
+    limits = config.app_settings.limits
+    app = FastAPI(title=config.app_name, lifespan=lifespan, max_body_size=limits.max_body_bytes)
     app.state.runtime = chosen
+    app.state.config = config
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # The stack trace goes to the log (with the trace id), never into the response.
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500)
+
     metrics = Metrics(chosen.observe)
     auth = config.app_settings.auth_config
     api_key = resolve_api_key(auth)
@@ -99,7 +108,7 @@ def create_web_endpoints(
     async def predict(request: Request) -> Response:
         name = pick_model(request)
         item = parse_input(input_model, await request.body())
-        result = await chosen.submit(name, item)
+        result = await within(chosen.submit(name, item), limits.request_timeout_seconds)
         if isinstance(result, Failure):
             if result.status_code >= 500:
                 logger.warning("predict on %r failed (%d): %s", name, result.status_code, result.detail)
@@ -123,6 +132,8 @@ def create_web_endpoints(
         items = parse_json(await request.body())
         if not isinstance(items, list):
             raise HTTPException(422, [{"type": "list_type", "loc": ["body"], "msg": "expected a JSON array of inputs"}])
+        if len(items) > limits.max_batch_items:
+            raise HTTPException(413, f"{len(items)} items; at most {limits.max_batch_items} (limits.max_batch_items)")
         answers: list[bytes] = [b""] * len(items)
         valid: dict[int, Any] = {}
         for index, raw in enumerate(items):
@@ -130,7 +141,8 @@ def create_web_endpoints(
                 valid[index] = input_model.model_validate(raw)
             except ValidationError as exc:
                 answers[index] = encode(_item_error(422, located(exc, ["body", index])))
-        results = await asyncio.gather(*(chosen.submit(name, item) for item in valid.values()))
+        pending = asyncio.gather(*(chosen.submit(name, item) for item in valid.values()))
+        results = await within(pending, limits.request_timeout_seconds)
         for index, result in zip(valid, results, strict=True):
             failed = isinstance(result, Failure)
             answers[index] = encode(_item_error(result.status_code, result.detail) if failed else result)
@@ -184,6 +196,14 @@ class RequestMetrics:
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
+async def within(answer: Awaitable[Any], seconds: float) -> Any:
+    """The answer, or 504 after `seconds`; a result that arrives later is dropped (its future is cancelled)."""
+    try:
+        return await asyncio.wait_for(answer, seconds)
+    except TimeoutError:
+        raise HTTPException(504, f"no result within {seconds:g} s (limits.request_timeout_seconds)") from None
 
 
 def _document_input(app: FastAPI, input_model: type[BaseModel]) -> None:

@@ -75,3 +75,25 @@ def test_fail_all_answers_every_queued_item() -> None:
         return [await f for f in futures]
 
     assert run(scenario()) == [Failure(503, "down")] * 3
+
+
+def test_requests_go_before_async_jobs_which_fill_the_rest() -> None:
+    async def scenario() -> list[list[str]]:
+        batcher = Batcher(max_batch_size=3, wait_ms=0)
+        for i in range(4):
+            batcher.submit(f"job{i}", background=True)
+        batcher.submit("request")
+        return [[p.item for p in await batcher.next_batch()] for _ in range(2)]
+
+    assert run(scenario()) == [["request", "job0", "job1"], ["job2", "job3"]]
+
+
+def test_a_solo_job_runs_alone() -> None:
+    async def scenario() -> list[list[str]]:
+        batcher = Batcher(max_batch_size=4, wait_ms=0)
+        batcher.submit("a", background=True)
+        batcher.submit("suspect", solo=True, background=True)
+        batcher.submit("b", background=True)
+        return [[p.item for p in await batcher.next_batch()] for _ in range(3)]
+
+    assert run(scenario()) == [["a"], ["suspect"], ["b"]]

@@ -255,11 +255,21 @@ class PricingConfig(Section):
         return value
 
 
+class LimitsConfig(Section):
+    """What one request may ask of the server."""
+
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)  # larger bodies get 413, refused before being read
+    request_timeout_seconds: float = Field(60.0, gt=0, le=86400)  # /predict waits this long, then 504
+    max_batch_items: int = Field(1000, ge=1, le=100_000)  # items in one /predict_batch body, else 413
+
+
 class LocalConfig(Section):
     """How `modalkit serve` plays Modal's containers on one machine."""
 
     # Torch/OpenMP threads per container; default: the machine's cores shared by max containers.
     threads_per_container: int | None = Field(None, ge=1, le=256)
+    # On SIGTERM: requests and running async batches get this long to finish; queued jobs stay stored.
+    shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
 
 
 class AuthConfig(Section):
@@ -292,6 +302,7 @@ class AppSettings(Section):
     queue_config: QueueConfig = Field(default_factory=QueueConfig)
     auth_config: AuthConfig = Field(default_factory=AuthConfig)
     local_config: LocalConfig = Field(default_factory=LocalConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
 
     @model_validator(mode="before")

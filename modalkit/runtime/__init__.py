@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -14,8 +15,8 @@ from modalkit.metrics import Observation
 class Runtime(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def submit(self, model_name: str, item: Any) -> Any:
-        """One item's output, or a `modalkit.outcome.Failure`."""
+    def submit(self, model_name: str, item: Any) -> Awaitable[Any]:
+        """Awaits one item's output, or a `modalkit.outcome.Failure`."""
         ...
 
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:

@@ -26,25 +26,30 @@ class Batcher:
 
     A batch closes when it holds `max_batch_size` items or `wait_ms` after its first item arrived,
     as `@modal.batched` does. Items queued while every container is busy make the next batch larger.
+    Requests go before async jobs (`background`), which fill whatever room a batch has left.
     """
 
     def __init__(self, max_batch_size: int, wait_ms: int) -> None:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000
-        self._queue: deque[Pending] = deque()
+        self._requests: deque[Pending] = deque()
+        self._jobs: deque[Pending] = deque()
         self._waiters: list[asyncio.Future[bool]] = []  # one per container waiting for items
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._requests) + len(self._jobs)
 
     def oldest_wait(self) -> float:
         """Seconds the oldest queued item has waited (0 when the queue is empty)."""
-        return asyncio.get_running_loop().time() - self._queue[0].arrival if self._queue else 0.0
+        first = self._first()
+        return asyncio.get_running_loop().time() - first.arrival if first else 0.0
 
-    def submit(self, item: Any, solo: bool = False, trace: SpanContext | None = None) -> asyncio.Future[Any]:
+    def submit(
+        self, item: Any, solo: bool = False, trace: SpanContext | None = None, background: bool = False
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(Pending(item, future, loop.time(), solo, trace))
+        (self._jobs if background else self._requests).append(Pending(item, future, loop.time(), solo, trace))
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(True)
@@ -54,15 +59,22 @@ class Batcher:
         """The next batch; an empty list if nothing arrived within `idle_timeout` seconds."""
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue and not await self._arrival(idle_timeout):
+            if not len(self) and not await self._arrival(idle_timeout):
                 return []
-            while self._queue and len(self._queue) < self.max_batch_size and not self._queue[0].solo:
-                remaining = self._queue[0].arrival + self.wait_s - loop.time()
+            while (first := self._first()) and len(self) < self.max_batch_size and not self._solo_next():
+                remaining = first.arrival + self.wait_s - loop.time()
                 if remaining <= 0 or not await self._arrival(remaining):
                     break
             batch = self._take()
             if batch:
                 return batch
+
+    def _first(self) -> Pending | None:
+        heads = [q[0] for q in (self._requests, self._jobs) if q]
+        return min(heads, key=lambda p: p.arrival) if heads else None
+
+    def _solo_next(self) -> bool:
+        return not self._requests and bool(self._jobs) and self._jobs[0].solo
 
     async def _arrival(self, timeout: float | None) -> bool:
         """Wait for the next submitted item; False if `timeout` seconds pass first (no task is created)."""
@@ -79,20 +91,22 @@ class Batcher:
 
     def _take(self) -> list[Pending]:
         batch: list[Pending] = []
-        while self._queue and len(batch) < self.max_batch_size:
-            if self._queue[0].solo and batch:
-                break
-            pending = self._queue.popleft()
-            if pending.future.done():  # a cancelled request (client gone) takes no slot
-                continue
-            batch.append(pending)
-            if pending.solo:
-                break
+        for queue in (self._requests, self._jobs):
+            while queue and len(batch) < self.max_batch_size:
+                if queue[0].solo and batch:
+                    return batch
+                pending = queue.popleft()
+                if pending.future.done():  # a cancelled request (client gone) takes no slot
+                    continue
+                batch.append(pending)
+                if pending.solo:
+                    return batch
         return batch
 
     def fail_all(self, failure: Failure) -> None:
-        while self._queue:
-            resolve(self._queue.popleft(), failure)
+        for queue in (self._requests, self._jobs):
+            while queue:
+                resolve(queue.popleft(), failure)
 
 
 def resolve(pending: Pending, result: Any) -> None:

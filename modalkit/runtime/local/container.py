@@ -58,6 +58,10 @@ class Container:
         _, results, inference_ns = await self._read()
         return results, inference_ns
 
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+
     async def wait(self) -> int:
         assert self._proc is not None
         return await self._proc.wait()

@@ -24,7 +24,7 @@ from modalkit.runtime.local.pool import ContainerPool
 logger = logging.getLogger("modalkit.jobs")
 
 # A container crash or CUDA error is not the job's fault until it happens again with the job alone.
-_RETRYABLE = ("cuda", "crash", "load")
+_RETRYABLE = ("cuda", "crash", "timeout", "load")
 _HOUSEKEEPING_S = 10.0
 
 
@@ -40,6 +40,8 @@ class JobDispatcher:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._delivering: set[str] = set()
+        self._feeder: asyncio.Task[Any] | None = None
+        self._housekeeper: asyncio.Task[Any] | None = None
         self.pending = 0
 
     async def start(self) -> None:
@@ -49,11 +51,18 @@ class JobDispatcher:
         if self.pending:
             logger.info("resuming %d queued async jobs", self.pending)
         self._redeliver()
-        self._background(self._feed())
-        self._background(self._housekeeping())
+        self._feeder = self._background(self._feed())
+        self._housekeeper = self._background(self._housekeeping())
 
-    async def stop(self) -> None:
-        """Jobs still running stay `running` in the store and are resumed by the next start."""
+    async def stop(self, grace_seconds: float = 0.0) -> None:
+        """Take no new job; let running ones finish for up to `grace_seconds`, then stop them. Jobs still
+        queued or running stay so in the store and are resumed by the next start."""
+        for task in (self._feeder, self._housekeeper):
+            if task is not None:
+                task.cancel()
+        running = [t for t in self._tasks if t not in (self._feeder, self._housekeeper)]
+        if running and grace_seconds > 0:
+            await asyncio.wait(running, timeout=grace_seconds)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -71,10 +80,11 @@ class JobDispatcher:
         self._ready.put_nowait(job_id)
         return job_id
 
-    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _feed(self) -> None:
         while True:
@@ -100,7 +110,7 @@ class JobDispatcher:
             with telemetry.tracer().start_as_current_span(
                 "modalkit.job", context=telemetry.extract(job.trace_context), attributes=attributes
             ):
-                result = await self._pools[job.model_name].submit(item, solo=job.suspect)
+                result = await self._pools[job.model_name].submit(item, solo=job.suspect, background=True)
         finally:
             self._slots.release()
         if not isinstance(result, Failure):

@@ -40,6 +40,7 @@ class ContainerPool:
         # Unbounded on Modal; here one machine's worth: at least one, at least the minimum.
         self.max_containers = deploy.max_containers or max(1, deploy.min_containers)
         self.scaledown_window = float(deploy.scaledown_window)
+        self.batch_timeout = float(deploy.timeout)  # Modal's per-input timeout: a batch past it is killed
         threads = app.local_config.threads_per_container or max(1, (os.cpu_count() or 1) // self.max_containers)
         self.env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.stats = PoolStats()
@@ -67,12 +68,12 @@ class ContainerPool:
                 await task
         self.batcher.fail_all(Failure(503, "the server is shutting down", "unavailable"))
 
-    def submit(self, item: Any, solo: bool = False) -> asyncio.Future[Any]:
+    def submit(self, item: Any, solo: bool = False, background: bool = False) -> asyncio.Future[Any]:
         if self.load_error is not None and self.ready == 0:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result(self._load_failure())
             return future
-        return self.batcher.submit(item, solo, telemetry.current_span_context())
+        return self.batcher.submit(item, solo, telemetry.current_span_context(), background)
 
     def failed(self) -> bool:
         return self.load_error is not None and self.ready == 0
@@ -168,7 +169,13 @@ class ContainerPool:
             self._busy += 1
             sent_ns, started = time.time_ns(), loop.time()
             try:
-                results, inference_ns = await container.run([p.item for p in batch])
+                async with asyncio.timeout(self.batch_timeout):
+                    results, inference_ns = await container.run([p.item for p in batch])
+            except TimeoutError:
+                container.kill()
+                detail = f"the batch ran past deployment_config.timeout ({self.batch_timeout:g} s); container replaced"
+                _fail(batch, Failure(504, detail, "timeout"))
+                return "timeout"
             except ContainerDied as exc:
                 _fail(batch, Failure(503, f"container crashed ({exc}) while running this batch; retry", "crash"))
                 return "crash"

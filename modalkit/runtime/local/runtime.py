@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from pydantic import BaseModel
@@ -39,14 +40,14 @@ class LocalRuntime:
         await self.jobs.start()
 
     async def stop(self) -> None:
-        if self.jobs is not None:
-            await self.jobs.stop()  # first, so no job sees the shutdown as a failure
+        if self.jobs is not None:  # first, so no job sees the shutdown as a failure
+            await self.jobs.stop(grace_seconds=self.config.app_settings.local_config.shutdown_grace_seconds)
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
         if self.jobs is not None:
             self.jobs.store.close()
 
-    async def submit(self, model_name: str, item: Any) -> Any:
-        return await self.pools[model_name].submit(item)
+    def submit(self, model_name: str, item: Any) -> Awaitable[Any]:
+        return self.pools[model_name].submit(item)  # the batcher's future itself: no task per request
 
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:
         assert self.jobs is not None, "the runtime is not started"
