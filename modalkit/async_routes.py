@@ -9,7 +9,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from modalkit.exceptions import JobExpired, QueueFull
+from modalkit.exceptions import JobExpired, QueueFull, ServiceUnavailable
 from modalkit.http_body import located, parse_json
 from modalkit.jobs import AsyncRequest
 from modalkit.runtime import Runtime
@@ -71,6 +71,8 @@ def add_async_routes(
             job_id = await runtime.spawn(model_name, job)
         except QueueFull as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
+        except ServiceUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
 
     @app.get(

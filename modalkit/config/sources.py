@@ -37,8 +37,9 @@ def load_yaml_files(paths: list[Path]) -> tuple[dict[str, Any], Origins]:
 def _merge(
     into: dict[str, Any], data: Mapping[str, Any], prefix: tuple[str, ...], source: str, origins: Origins
 ) -> None:
-    for key, value in data.items():
-        path = (*prefix, str(key))
+    for raw_key, value in data.items():
+        key = str(raw_key)  # YAML allows `1:` or `null:` keys; they become unknown-key errors, not a crash
+        path = (*prefix, key)
         origins[path] = source
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
             _merge(into[key], value, path, source, origins)

@@ -63,3 +63,19 @@ def test_a_key_that_is_configured_but_missing_fails_closed(monkeypatch: pytest.M
         resolve_api_key(AuthConfig(api_key_env="ABSENT_KEY"))
     assert resolve_api_key(AuthConfig()) is None
     assert resolve_api_key(AuthConfig(api_key="literal")) == "literal"
+
+
+def test_the_key_is_never_logged_and_errors_carry_no_stack_trace(server: Server) -> None:
+    assert call(server, "POST", "/predict", "wrong-key").status_code == 401
+    assert call(server, "POST", "/predict", KEY).status_code == 200
+    log = server.log.read_text()
+    assert KEY not in log and "wrong-key" not in log
+    failed = call(server, "POST", "/predict_batch", KEY).json()
+    assert "Traceback" not in str(failed)
+
+
+def test_serve_binds_loopback_unless_told() -> None:
+    from modalkit.cli import serve
+
+    host = next(p for p in serve.params if p.name == "host")
+    assert host.default == "127.0.0.1"

@@ -43,10 +43,15 @@ def test_hostile_json_is_rejected_cleanly(serve) -> None:
 
 
 def test_request_timeout_is_504_and_the_late_result_is_dropped(serve) -> None:
-    server = serve(ECHO, ECHO_CONFIG, env={"MODALKIT_APP_SETTINGS__LIMITS__REQUEST_TIMEOUT_SECONDS": "0.5"})
+    env = {"MODALKIT_APP_SETTINGS__LIMITS__REQUEST_TIMEOUT_SECONDS": "0.5",
+           "MODALKIT_APP_SETTINGS__DEPLOYMENT_CONFIG__MIN_CONTAINERS": "1"}  # fmt: skip
+    server = serve(ECHO, ECHO_CONFIG, env=env)
+    wait_for(lambda: server.model_health("echo")["ready_containers"] == 1)
     slow = httpx.post(f"{server.url}/predict", json={"text": "sleep:1.5"}, timeout=10)
     assert slow.status_code == 504
     assert "request_timeout_seconds" in slow.json()["detail"]
+    # The container finishes the slow batch (its result is dropped), then answers the next request.
+    wait_for(lambda: sum(server.model_health("echo")["batch_sizes"].values()) == 1)
     assert httpx.post(f"{server.url}/predict", json={"text": "after"}, timeout=10).json()["text"] == "after"
     assert server.model_health("echo")["restarts"] == {}  # a slow answer is not a broken container
 

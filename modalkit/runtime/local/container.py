@@ -47,11 +47,11 @@ class Container:
             raise ContainerLoadFailed(info)
         self.load_seconds = info["load_seconds"]
 
-    async def run(self, items: list[Any]) -> tuple[list[Any], tuple[int, int]]:
+    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
         """Send one batch; its results and when inference started and ended (ns). `ContainerDied` if it goes."""
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            self._proc.stdin.write(frames.encode(("batch", items)))
+            self._proc.stdin.write(frames.encode(("batch", items, threads)))
             await self._proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise ContainerDied(await self._exit_reason()) from None

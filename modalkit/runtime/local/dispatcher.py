@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 from collections.abc import Coroutine
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from modalkit import telemetry
 from modalkit.config.schema import QueueConfig
-from modalkit.exceptions import QueueFull
+from modalkit.exceptions import QueueFull, ServiceUnavailable
 from modalkit.jobs import AsyncRequest, JobState, jsonable, new_job_id, sink_message
 from modalkit.outcome import Failure
 from modalkit.queues import ResultSink, deliver
@@ -75,7 +76,11 @@ class JobDispatcher:
             raise QueueFull(f"{self.pending} async jobs are pending (queue_config.max_pending); retry later")
         job_id = new_job_id()
         trace_context = telemetry.inject_current()  # the job's span joins the trace of the request that made it
-        self.store.insert(job_id, model_name, request.message.model_dump_json(), request, trace_context)
+        try:
+            self.store.insert(job_id, model_name, request.message.model_dump_json(), request, trace_context)
+        except sqlite3.Error as exc:  # disk full, read-only, locked: refuse the job, keep the store intact
+            logger.error("job store refused a job: %s", exc)
+            raise ServiceUnavailable(f"the job store cannot take the job ({exc}); retry later") from None
         self.pending += 1
         self._ready.put_nowait(job_id)
         return job_id
@@ -84,6 +89,7 @@ class JobDispatcher:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def _feed(self) -> None:
@@ -159,3 +165,10 @@ class JobDispatcher:
             self.store.purge_expired()
             self._redeliver()
             await asyncio.sleep(_HOUSEKEEPING_S)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    # A job whose bookkeeping failed (say the disk filled up) stays queued or running in the store,
+    # and the next start resumes it; say so rather than losing the error.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("async job bookkeeping failed; the job is resumed at the next start", exc_info=task.exception())

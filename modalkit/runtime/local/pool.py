@@ -41,8 +41,10 @@ class ContainerPool:
         self.max_containers = deploy.max_containers or max(1, deploy.min_containers)
         self.scaledown_window = float(deploy.scaledown_window)
         self.batch_timeout = float(deploy.timeout)  # Modal's per-input timeout: a batch past it is killed
-        threads = app.local_config.threads_per_container or max(1, (os.cpu_count() or 1) // self.max_containers)
-        self.env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.cores = os.cpu_count() or 1
+        self.fixed_threads = app.local_config.threads_per_container
+        start_threads = self.fixed_threads or max(1, self.cores // max(1, self.min_containers))
+        self.env = {"OMP_NUM_THREADS": str(start_threads), "MKL_NUM_THREADS": str(start_threads)}
         self.stats = PoolStats()
         self.ready = 0
         self.load_error: str | None = None
@@ -91,6 +93,11 @@ class ContainerPool:
             "restarts": dict(self.stats.restarts),
             "batch_sizes": {str(size): n for size, n in sorted(self.stats.batch_sizes.items())},
         }
+
+    def _threads(self) -> int:
+        """Threads for the next batch: the cores shared by the containers running now, so one container
+        alone uses the whole machine and two never oversubscribe it."""
+        return self.fixed_threads or max(1, self.cores // max(1, len(self._slots)))
 
     def _load_failure(self) -> Failure:
         return Failure(503, f"model {self.model_name!r} failed to load: {self.load_error}", "load")
@@ -170,7 +177,7 @@ class ContainerPool:
             sent_ns, started = time.time_ns(), loop.time()
             try:
                 async with asyncio.timeout(self.batch_timeout):
-                    results, inference_ns = await container.run([p.item for p in batch])
+                    results, inference_ns = await container.run([p.item for p in batch], self._threads())
             except TimeoutError:
                 container.kill()
                 detail = f"the batch ran past deployment_config.timeout ({self.batch_timeout:g} s); container replaced"

@@ -37,12 +37,20 @@ def main(argv: list[str]) -> int:
         message = frames.read_blocking(frames_in)
         if message is None or message[0] == "stop":
             return 0
-        items = message[1]
+        _, items, threads = message
+        _use_threads(threads)
         started_ns = time.time_ns()
         results = [_encoded(r) for r in run_batch(items)]
         _send(frames_out, ("results", results, (started_ns, time.time_ns())), fallback_size=len(items))
         if any(isinstance(r, Failure) and r.recycles_container for r in results):
             return EXIT_RECYCLE
+
+
+def _use_threads(threads: int) -> None:
+    """Follow the pool's share of the cores; only torch can change it after start (OMP_NUM_THREADS cannot)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _encoded(result: Any) -> Any:
