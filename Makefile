@@ -37,6 +37,7 @@ test: lint
 bench: install
 	$(BIN)/pip install --quiet litserve
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/vs_litserve.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py

@@ -6,7 +6,7 @@ import re
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from modalkit.config import pricing
 from modalkit.exceptions import ConfigDeprecationWarning
@@ -191,20 +191,13 @@ class DeploymentConfig(Section):
             return [normalize_gpu(v) if isinstance(v, str) else v for v in value]
         return value
 
-    @field_validator("cpu")
+    @field_validator("cpu", "memory")
     @classmethod
-    def _cpu(cls, value: float | tuple[float, float] | None) -> float | tuple[float, float] | None:
+    def _request_limit(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number, or a (request, limit) pair with 0 < request <= limit."""
         request, limit = value if isinstance(value, tuple) else (value, value)
         if request is not None and limit is not None and not 0 < request <= limit:
-            raise ValueError("cpu must be > 0, and a (request, limit) pair needs request <= limit")
-        return value
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
-        request, limit = value if isinstance(value, tuple) else (value, value)
-        if request is not None and limit is not None and not 0 < request <= limit:
-            raise ValueError("memory (MiB) must be > 0, and a (request, limit) pair needs request <= limit")
+            raise ValueError(f"{info.field_name} must be > 0, and a (request, limit) pair needs request <= limit")
         return value
 
     @field_validator("volumes")
