@@ -76,6 +76,7 @@ def test_a_model_that_cannot_load_is_503_with_the_error_and_backs_off(serve) -> 
             return False
         return answer.status_code == 503 and answer.json()["models"]["echo"]["load_error"] is not None
 
+    wait_for(failing, timeout=60)
     health = httpx.get(f"{server.url}/health", timeout=5).json()
     assert "weights are missing" in health["models"]["echo"]["load_error"]
     answer = httpx.post(f"{server.url}/predict", json={"text": "x"}, timeout=10)
