@@ -45,6 +45,73 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
 
 
 @main.command()
+@click.argument("app_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL: one input per line.")  # fmt: skip
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="JSONL: line i answers input line i; an existing file is resumed.")  # fmt: skip
+@click.option("--config", "config_files", help="Config file(s), comma-separated; default: modalkit.yaml.")
+@click.option("--model-name", help="The model entry to run; default: the service's.")
+@click.option("--window", type=int, help="Items in flight; default: two full batches per container.")
+def run(app_path: str, input_path: str, output_path: str, config_files: str | None, model_name: str | None,
+        window: int | None) -> None:  # fmt: skip
+    """Bulk inference over a JSONL file with the local runtime: batched, in order, resumable."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from modalkit.app_loader import find_web_app, import_app
+    from modalkit.bulk import completed_lines, run_file
+    from modalkit.logs import configure_logging
+
+    configure_logging("warning")
+    _choose_config(app_path, config_files)
+    try:
+        state = find_web_app(import_app(app_path)).state
+    except ModalkitError as exc:
+        raise click.ClickException(str(exc)) from None
+    runtime, config = state.runtime, state.config
+    name = model_name or state.default_model
+    pools = getattr(runtime, "pools", {})
+    if name not in pools:
+        raise click.ClickException(f"unknown model entry {name!r}; known: {', '.join(pools) or 'none'}")
+    batch = config.app_settings.batch_config.max_batch_size
+    in_flight = window or 2 * batch * pools[name].max_containers
+    source, output = Path(input_path), Path(output_path)
+    total = sum(1 for line in source.open() if line.strip())
+
+    async def go() -> dict[str, float]:
+        await runtime.start()
+        try:
+            with tqdm(total=total, initial=completed_lines(output), unit="item", file=sys.stderr) as bar:
+                return await run_file(
+                    source, output, lambda item: runtime.submit(name, item), state.input_model, in_flight, bar.update
+                )
+        finally:
+            await runtime.stop()
+
+    result = asyncio.run(go())
+    click.echo(
+        f"{int(result['done'])} items ({int(result['errors'])} failed) at {result['items_per_s']:.1f} items/s; "
+        f"{int(result['skipped'])} were already in {output}"
+    )
+
+
+@main.command()
+@click.argument("name")
+def init(name: str) -> None:
+    """Create NAME/ with app.py, modalkit.yaml and test_app.py from the MiniLM example."""
+    from modalkit.scaffold import scaffold
+
+    try:
+        target = scaffold(name, Path.cwd())
+    except ModalkitError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {target}/: app.py, modalkit.yaml, test_app.py")
+    click.echo(f"next: modalkit serve {name}/app.py    (and: pytest {name}/test_app.py)")
+
+
+@main.command()
 @click.argument("url", default="http://127.0.0.1:8000")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of /stats.")
 def stats(url: str, as_json: bool) -> None:

@@ -68,6 +68,8 @@ def create_web_endpoints(
     app = FastAPI(title=config.app_name, lifespan=lifespan, max_body_size=limits.max_body_bytes)
     app.state.runtime = chosen
     app.state.config = config
+    app.state.input_model = input_model
+    app.state.default_model = default_model
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
