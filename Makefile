@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint format bench soak clean
+.PHONY: install serve test lint format bench soak docs clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/vs_litserve.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py
+
+docs: install
+	$(BIN)/mkdocs build --strict
 
 soak: install
 	HF_HUB_OFFLINE=1 MODALKIT_SOAK_SECONDS=300 $(BIN)/pytest -q -s tests/reliability/test_soak.py

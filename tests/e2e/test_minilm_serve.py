@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
+import subprocess
 
 import httpx
 
@@ -42,3 +45,14 @@ def test_64_concurrent_predictions_are_correct_and_batched(serve) -> None:
     assert sum(int(size) * n for size, n in batch_sizes.items()) == 64 + 1
     assert max(int(size) for size in batch_sizes) > 1
     assert max(int(size) for size in batch_sizes) <= 32
+
+
+def test_getting_started_word_for_word(serve) -> None:
+    """The curl of docs/getting-started.md, run as written (against this test's port), returns an embedding."""
+    page = (ROOT / "docs/getting-started.md").read_text()
+    command = next(line for line in page.splitlines() if line.startswith("curl -s http://127.0.0.1:8000/predict "))
+    server = serve(ROOT / "examples/minilm/app.py")
+    answer = subprocess.run(
+        re.sub(r"http://127\.0\.0\.1:8000", server.url, command), shell=True, capture_output=True, text=True, check=True
+    ).stdout
+    assert len(json.loads(answer)["embedding"]) == 384
