@@ -18,10 +18,27 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 
+from modalkit.exceptions import ModalkitError
 from modalkit.http_body import encode
 from modalkit.outcome import Failure
 
 Submit = Callable[[Any], Awaitable[Any]]
+TRANSIENT = ("cuda", "crash", "timeout", "load", "unavailable")  # not the item's fault: try again
+ATTEMPTS = 3
+
+
+class BulkStopped(ModalkitError):
+    """The runtime kept failing (not the items): the output holds every line answered before this."""
+
+
+async def _answer(submit: Submit, item: Any) -> Any:
+    for attempt in range(1, ATTEMPTS + 1):
+        result = await submit(item)
+        if not (isinstance(result, Failure) and result.cause in TRANSIENT):
+            return result
+        if attempt < ATTEMPTS:
+            await asyncio.sleep(0.5 * attempt)
+    raise BulkStopped(f"{result.detail} ({ATTEMPTS} attempts)")
 
 
 def completed_lines(output: Path) -> int:
@@ -66,16 +83,21 @@ async def run_file(source: Path, output: Path, submit: Submit, input_model: type
             if progress is not None:
                 progress(1)
 
-        for line in _lines(lines, skip):
-            item = parse_line(input_model, line)
-            in_flight.append(_resolved(item) if isinstance(item, Failure) else asyncio.ensure_future(submit(item)))
-            if len(in_flight) >= window:
+        try:
+            for line in _lines(lines, skip):
+                item = parse_line(input_model, line)
+                answer = _resolved(item) if isinstance(item, Failure) else asyncio.ensure_future(_answer(submit, item))
+                in_flight.append(answer)
+                if len(in_flight) >= window:
+                    write(await in_flight.popleft())
+                    sink.flush()
+            while in_flight:
                 write(await in_flight.popleft())
-                sink.flush()
-        while in_flight:
-            write(await in_flight.popleft())
-        sink.flush()
-        os.fsync(sink.fileno())
+        finally:
+            for pending in in_flight:  # stopped early: what is still running is not written
+                pending.cancel()
+            sink.flush()
+            os.fsync(sink.fileno())
     elapsed = time.perf_counter() - started
     return {"skipped": skip, "done": done, "errors": errors, "items_per_s": done / elapsed if elapsed else 0.0}
 

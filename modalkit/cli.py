@@ -53,15 +53,16 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
 @click.option("--config", "config_files", help="Config file(s), comma-separated; default: modalkit.yaml.")
 @click.option("--model-name", help="The model entry to run; default: the service's.")
 @click.option("--window", type=int, help="Items in flight; default: two full batches per container.")
+@click.option("--modal", "on_modal", is_flag=True, help="Run on the deployed app (modal deploy) instead of locally.")
 def run(app_path: str, input_path: str, output_path: str, config_files: str | None, model_name: str | None,
-        window: int | None) -> None:  # fmt: skip
-    """Bulk inference over a JSONL file with the local runtime: batched, in order, resumable."""
+        window: int | None, on_modal: bool) -> None:  # fmt: skip
+    """Bulk inference over a JSONL file: batched, in order, resumable; locally, or on Modal with --modal."""
     import asyncio
 
     from tqdm import tqdm
 
     from modalkit.app_loader import find_web_app, import_app
-    from modalkit.bulk import completed_lines, run_file
+    from modalkit.bulk import BulkStopped, completed_lines, run_file
     from modalkit.logs import configure_logging
 
     configure_logging("warning")
@@ -72,11 +73,19 @@ def run(app_path: str, input_path: str, output_path: str, config_files: str | No
         raise click.ClickException(str(exc)) from None
     runtime, config = state.runtime, state.config
     name = model_name or state.default_model
-    pools = getattr(runtime, "pools", {})
-    if name not in pools:
-        raise click.ClickException(f"unknown model entry {name!r}; known: {', '.join(pools) or 'none'}")
-    batch = config.app_settings.batch_config.max_batch_size
-    in_flight = window or 2 * batch * pools[name].max_containers
+    known = config.model_names() or [state.default_model]
+    if name not in known:
+        raise click.ClickException(f"unknown model entry {name!r}; known: {', '.join(known)}")
+    deploy = config.app_settings.deployment_config
+    in_flight = window or 2 * config.app_settings.batch_config.max_batch_size * (deploy.max_containers or 1)
+    if on_modal:
+        import modal
+
+        from modalkit.app_loader import user_class
+        from modalkit.runtime.modal import ModalRuntime
+
+        # The deployed class, looked up by app and class name; Modal batches the inputs with @modal.batched.
+        runtime = ModalRuntime(modal.Cls.from_name(config.app_name, user_class(state.service).__name__), [name])
     source, output = Path(input_path), Path(output_path)
     total = sum(1 for line in source.open() if line.strip())
 
@@ -90,7 +99,12 @@ def run(app_path: str, input_path: str, output_path: str, config_files: str | No
         finally:
             await runtime.stop()
 
-    result = asyncio.run(go())
+    try:
+        result = asyncio.run(go())
+    except BulkStopped as exc:
+        raise click.ClickException(
+            f"stopped: {exc}; {output} holds every line answered so far, run again to resume"
+        ) from None
     click.echo(
         f"{int(result['done'])} items ({int(result['errors'])} failed) at {result['items_per_s']:.1f} items/s; "
         f"{int(result['skipped'])} were already in {output}"

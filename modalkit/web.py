@@ -70,6 +70,7 @@ def create_web_endpoints(
     app.state.config = config
     app.state.input_model = input_model
     app.state.default_model = default_model
+    app.state.service = service_cls
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -51,3 +51,16 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     output.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a"')
     assert completed_lines(output) == 2
     assert output.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
+
+
+def test_a_runtime_that_keeps_failing_stops_the_run_without_writing_its_lines(tmp_path: Path) -> None:
+    """--modal with no Modal account: every call fails for the runtime's reasons, not the items'."""
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"text": "x"}) + "\n")
+    env = {**os.environ, "MODAL_TOKEN_ID": "", "MODAL_TOKEN_SECRET": "", "MODAL_SERVER_URL": "http://127.0.0.1:9"}
+    cmd = [MODALKIT, "run", str(APPS / "echo_app.py"), "--config", str(APPS / "echo.yaml"),
+           "--input", str(source), "--output", str(output), "--modal"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "run again to resume" in result.stderr
+    assert completed_lines(output) == 0
