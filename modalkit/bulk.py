@@ -63,7 +63,8 @@ def parse_line(input_model: type[BaseModel], line: str) -> Any:
     try:
         return input_model.model_validate_json(line)
     except ValidationError as exc:
-        return Failure(422, json.dumps(exc.errors(include_url=False, include_input=False)))
+        problems = exc.errors(include_url=False, include_input=False)
+        return Failure(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in problems))
 
 
 async def run_file(source: Path, output: Path, submit: Submit, input_model: type[BaseModel], window: int,
