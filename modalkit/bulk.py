@@ -23,7 +23,6 @@ from modalkit.http_body import encode
 from modalkit.outcome import Failure
 
 Submit = Callable[[Any], Awaitable[Any]]
-TRANSIENT = ("cuda", "crash", "timeout", "load", "unavailable")  # not the item's fault: try again
 ATTEMPTS = 3
 
 
@@ -34,7 +33,7 @@ class BulkStopped(ModalkitError):
 async def _answer(submit: Submit, item: Any) -> Any:
     for attempt in range(1, ATTEMPTS + 1):
         result = await submit(item)
-        if not (isinstance(result, Failure) and result.cause in TRANSIENT):
+        if not (isinstance(result, Failure) and result.transient):
             return result
         if attempt < ATTEMPTS:
             await asyncio.sleep(0.5 * attempt)

@@ -25,6 +25,11 @@ class Failure:
         return cls(500, f"inference failed: {type(exc).__name__}: {exc}")
 
     @property
+    def transient(self) -> bool:
+        """Not the item's fault (its container crashed, hung, broke or was not there): worth trying again."""
+        return self.cause != "item"
+
+    @property
     def recycles_container(self) -> bool:
         return self.cause == "cuda"
 

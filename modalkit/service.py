@@ -134,7 +134,9 @@ class ModalService:
         return [Failure.from_exception(o) if isinstance(o, BaseException) else o for o in outputs]
 
     def _push_results(self, requests: list[AsyncRequest | None], inputs: list[Any], results: list[Any]) -> None:
-        sink = make_sink(self.modal_config.app_settings.queue_config)
+        sink = getattr(self, "_sink", None)
+        if sink is None:  # one per container: a Redis sink keeps its connection pool between batches
+            sink = self._sink = make_sink(self.modal_config.app_settings.queue_config)
         for request, item, result in zip(requests, inputs, results, strict=True):
             if request is None:
                 continue

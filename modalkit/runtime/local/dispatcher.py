@@ -24,8 +24,6 @@ from modalkit.runtime.local.pool import ContainerPool
 
 logger = logging.getLogger("modalkit.jobs")
 
-# A container crash or CUDA error is not the job's fault until it happens again with the job alone.
-_RETRYABLE = ("cuda", "crash", "timeout", "load")
 _HOUSEKEEPING_S = 10.0
 
 
@@ -121,7 +119,8 @@ class JobDispatcher:
             self._slots.release()
         if not isinstance(result, Failure):
             await self._finish(job, "succeeded", jsonable(result))
-        elif result.cause in _RETRYABLE and job.attempts < self._config.max_attempts:
+        # A transient failure is not the job's fault until it happens again with the job alone.
+        elif result.transient and job.attempts < self._config.max_attempts:
             logger.warning("job %s: %s; retrying alone (attempt %d)", job_id, result.detail, job.attempts + 1)
             self.store.requeue(job_id)
             self._ready.put_nowait(job_id)
