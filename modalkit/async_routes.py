@@ -14,7 +14,9 @@ from modalkit.http_body import located, parse_json
 from modalkit.jobs import AsyncRequest
 from modalkit.runtime import Runtime
 
-QUEUE_NAME = Field(None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:-]+$")
+# ModalKit sends "" for "no queue"; SQS queue URLs (https://...) are names too.
+QUEUE_NAME = Field(None, max_length=1024, pattern=r"^$|^[A-Za-z0-9._:/-]+$")
+ENVELOPE_KEYS = frozenset({"message", "success_queue", "failure_queue", "meta"})
 
 
 class AsyncAccepted(BaseModel):
@@ -58,15 +60,7 @@ def add_async_routes(
     )
     async def predict_async(request: Request) -> AsyncAccepted:
         model_name = pick_model(request)
-        body = parse_json(await request.body())
-        try:
-            if isinstance(body, dict) and "message" in body:
-                parsed = envelope.model_validate(body)
-                job = AsyncRequest(**{name: getattr(parsed, name) for name in type(parsed).model_fields})
-            else:
-                job = AsyncRequest(input_model.model_validate(body))
-        except ValidationError as exc:
-            raise HTTPException(422, located(exc, ["body"])) from None
+        job = parse_job(envelope, input_model, parse_json(await request.body()))
         try:
             job_id = await runtime.spawn(model_name, job)
         except QueueFull as exc:
@@ -88,3 +82,26 @@ def add_async_routes(
         if view is None:
             raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or its result has expired)")
         return JSONResponse(view.as_dict(), status_code=202 if view.status in ("queued", "running") else 200)
+
+
+def parse_job(envelope: type[BaseModel], input_model: type[BaseModel], body: Any) -> AsyncRequest:
+    """The job a `/predict_async` body asks for: the bare input, or ModalKit's envelope around it.
+
+    A body is read as the envelope when it has `message` and only envelope keys, unless it is a valid
+    input of its own and not a valid envelope (an input model may have a field named `message`).
+    """
+    looks_enveloped = isinstance(body, dict) and "message" in body and ENVELOPE_KEYS.issuperset(body)
+    first, second = (envelope, input_model) if looks_enveloped else (input_model, None)
+    try:
+        parsed = first.model_validate(body)
+    except ValidationError as exc:
+        if second is None:
+            raise HTTPException(422, located(exc, ["body"])) from None
+        try:
+            return AsyncRequest(second.model_validate(body))
+        except ValidationError:
+            raise HTTPException(422, located(exc, ["body"])) from None
+    if first is input_model:
+        return AsyncRequest(parsed)
+    queues = (getattr(parsed, "success_queue", None) or None, getattr(parsed, "failure_queue", None) or None)
+    return AsyncRequest(parsed.message, *queues, getattr(parsed, "meta", None) or None)  # type: ignore[attr-defined]

@@ -21,6 +21,9 @@ class InferenceBase:
                 return [Out(text=i.text.upper()) for i in inputs]
     """
 
+    # The keyword under which the service passes `local_model_repository_folder` to the constructor.
+    model_folder_argument = "model_dir"
+
     def __init__(self, model_name: str = "", model_dir: str = "", common_settings: dict[str, Any] | None = None,
                  **entry: Any) -> None:  # fmt: skip
         self.model_name = model_name
@@ -70,9 +73,12 @@ class InferenceBase:
             return exc
 
     def _pipeline(self, inputs: list[Any]) -> list[Any]:
-        outputs = self.postprocess(self.predict(self.preprocess(inputs)))
+        outputs = self._steps(inputs)
         if len(outputs) != len(inputs):
             raise ModalkitError(
                 f"{type(self).__name__}.predict returned {len(outputs)} outputs for {len(inputs)} inputs"
             )
         return list(outputs)
+
+    def _steps(self, inputs: list[Any]) -> list[Any]:
+        return self.postprocess(self.predict(self.preprocess(inputs)))

@@ -44,17 +44,59 @@ class JobView:
         return body
 
 
+def job_outcome(result: Any) -> tuple[JobState, Any]:
+    """What one async item's result makes of its job: `("succeeded", output)` or `("failed", error)`.
+
+    The error is `{status_code, detail}`; an output that reports its own failure (ModalKit's
+    `InferenceOutputModel` with a status other than "success") fails the job too, and is kept as `output`.
+    """
+    from modalkit.iomodel import reported_error
+    from modalkit.outcome import Failure, Reported
+
+    if isinstance(result, Failure):
+        return "failed", {"status_code": result.status_code, "detail": result.detail}
+    error = reported_error(result)
+    output = jsonable(result)
+    if isinstance(result, Reported) and isinstance(output, dict):
+        error = output.get("error") or f"status {output.get('status')!r}"
+    if error is not None:
+        return "failed", {"status_code": 422, "detail": error, "output": output}
+    return "succeeded", output
+
+
 def sink_message(
-    job_id: str | None, request: AsyncRequest, status: JobState, outcome: Any, message: Any
+    job_id: str | None, request: AsyncRequest, status: JobState, outcome: Any, message: Any, style: str = "native"
 ) -> dict[str, Any]:
-    """What a success or failure queue receives: the result, or the error with the original message."""
-    body: dict[str, Any] = {"job_id": job_id, "status": status, "meta": request.meta or {}}
+    """What a success or failure queue receives; `style` is `queue_config.message_format`.
+
+    native: `{job_id, status, meta, result}`, or `{job_id, status, meta, error, message}` on failure.
+    modalkit: ModalKit's JSON: the output with the request's `meta` (no `error` on success), or, when
+    inference raised, `{status: "error", error, meta, original_message: {message, success_queue, ...}}`.
+    """
+    meta = request.meta or {}
+    if style == "modalkit":
+        return _modalkit_message(request, status, outcome, message, meta)
+    body: dict[str, Any] = {"job_id": job_id, "status": status, "meta": meta}
     if status == "succeeded":
         body["result"] = outcome
     else:
         body["error"] = outcome
         body["message"] = message
     return body
+
+
+def _modalkit_message(request: AsyncRequest, status: JobState, outcome: Any, message: Any,
+                      meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    if status == "succeeded":
+        output = dict(outcome) if isinstance(outcome, dict) else {"result": outcome}
+        output.pop("error", None)
+        return {"status": "success", **output, "meta": meta}
+    if isinstance(outcome, dict) and isinstance(outcome.get("output"), dict):
+        return {**outcome["output"], "meta": meta}
+    original = {"message": message, "success_queue": request.success_queue or "",
+                "failure_queue": request.failure_queue or "", "meta": meta}  # fmt: skip
+    detail = outcome.get("detail") if isinstance(outcome, dict) else outcome
+    return {"status": "error", "error": str(detail), "meta": {}, "original_message": original}
 
 
 def jsonable(value: Any) -> Any:

@@ -36,3 +36,7 @@ class Failure:
 
 class Encoded(bytes):
     """An output a local container already serialised to JSON: the server sends it as it is."""
+
+
+class Reported(Encoded):
+    """An encoded output that reports its own failure (ModalKit's `status` other than "success")."""

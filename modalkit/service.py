@@ -6,14 +6,15 @@ import logging
 import threading
 import time
 import typing
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 # Imported at run time, not under TYPE_CHECKING: Modal evaluates the service class's annotations.
 from modalkit.config import ModalConfig
 from modalkit.cuda import is_cuda_error
-from modalkit.exceptions import ConfigError
+from modalkit.exceptions import ConfigError, InferenceError
 from modalkit.inference import InferenceBase
-from modalkit.jobs import AsyncRequest, JobState, jsonable, sink_message
+from modalkit.jobs import AsyncRequest, job_outcome, jsonable, sink_message
 from modalkit.outcome import Failure
 from modalkit.queues import deliver, make_sink
 
@@ -25,20 +26,25 @@ class ModalService:
 
     Each concrete subclass gets `load_artefacts` as `@modal.enter()` and `process_request` as
     `@modal.batched(...)`, built from that subclass's own `modal_config` when the class is created.
+    ModalKit's name for the config, `modal_utils`, works too, and so does `self.modal_utils.settings`.
     """
 
     inference_implementation: ClassVar[type[InferenceBase]]
     modal_config: ClassVar[ModalConfig]
+    modal_utils: ClassVar[ModalConfig]
+    # A ModalKit-style queue backend (`async send_message(queue_name, message) -> bool`) for async results.
+    queue_backend: ClassVar[Any] = None
     model_name: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "modal_config" not in cls.__dict__:
+        config = _declared_config(cls)
+        if config is None:
             return  # an intermediate base class: the leaf class brings the config
         import modal
 
         _check_parameters(cls)
-        config = cls.modal_config
+        cls.modal_config = cls.modal_utils = config
 
         def load_artefacts(self: ModalService) -> None:
             self._load()
@@ -60,6 +66,33 @@ class ModalService:
             cls.restore_artefacts = modal.enter(snap=False)(restore_artefacts)  # type: ignore[attr-defined]
         cls.process_request = modal.batched(**config.get_batched_settings())(process_request)  # type: ignore[attr-defined]
 
+    @staticmethod
+    def sync_call(cls: Any) -> Callable[..., Awaitable[Any]]:
+        """ModalKit's `MyApp.sync_call(MyApp)`: an async function `(model_name, input_data) -> output` that
+        runs one input in the deployed service (`process_request.remote.aio`), batched with other callers."""
+        from modalkit.runtime.modal import ModalRuntime
+
+        async def call(model_name: str, input_data: Any) -> Any:
+            result = await ModalRuntime(cls, [model_name]).submit(model_name, _unwrapped(input_data))
+            if isinstance(result, Failure):
+                raise InferenceError(result.detail, result.status_code)
+            return result
+
+        return call
+
+    @staticmethod
+    def async_call(cls: Any) -> Callable[..., Awaitable[Any]]:
+        """ModalKit's `MyApp.async_call(MyApp)`: an async function `(model_name, input_data) -> AsyncOutputModel`
+        that spawns the input (an `AsyncInputModel` routes the result to its queues) and returns its job id."""
+        from modalkit.iomodel import AsyncOutputModel
+        from modalkit.runtime.modal import ModalRuntime
+
+        async def call(model_name: str, input_data: Any) -> AsyncOutputModel:
+            job_id = await ModalRuntime(cls, [model_name]).spawn(model_name, async_request(input_data))
+            return AsyncOutputModel(job_id=job_id)
+
+        return call
+
     @classmethod
     def default_model_name(cls) -> str:
         declared = cls.__dict__.get("model_name", getattr(cls, "model_name", None))
@@ -78,35 +111,43 @@ class ModalService:
             known = ", ".join(settings.model_entries)
             raise ConfigError([f"model_settings.model_entries: no entry {name!r} (known: {known})"])
         entry = settings.model_entries.get(name, {})
-        logger.info("loading model %r with %s", name, self.inference_implementation.__name__)
-        self._model = self.inference_implementation(
+        implementation = self.inference_implementation
+        logger.info("loading model %r with %s", name, implementation.__name__)
+        folder = getattr(implementation, "model_folder_argument", "model_dir")
+        self._model = implementation(
             model_name=name,
-            model_dir=settings.local_model_repository_folder,
             common_settings=dict(settings.common),
+            **{folder: settings.local_model_repository_folder},
             **entry,
         )
+        # ModalKit's names for the same things, which its users' code reads.
+        self._model_inference_instance = self._model
+        self._model_inference_kwargs = entry
 
     def _ready(self) -> None:
         self._model.on_restore()
         self._model.warmup()
         interval = self.modal_config.app_settings.deployment_config.volume_reload_interval_seconds
-        if interval is not None:
-            threading.Thread(target=self._reload_volumes, args=(interval,), daemon=True).start()
+        if interval is not None and interval > 0:
+            threading.Thread(target=self._reload_volumes_every, args=(interval,), daemon=True).start()
 
-    def _reload_volumes(self, interval: float) -> None:
-        """Every `interval` seconds: reload the volumes (on Modal) and tell the model."""
+    def _reload_volumes_every(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            self._reload_volumes()
+
+    def _reload_volumes(self) -> None:
+        """Reload the volumes (on Modal) and tell the model; a failure is logged and retried next time."""
         import modal
 
         names = list(self.modal_config.app_settings.deployment_config.volumes.values())
-        while True:
-            time.sleep(interval)
-            try:
-                if not modal.is_local():
-                    for name in names:
-                        modal.Volume.from_name(name).reload()
-                self._model.on_volume_reload()
-            except Exception:
-                logger.exception("volume reload failed; retrying in %ss", interval)
+        try:
+            if not modal.is_local():
+                for name in names:
+                    modal.Volume.from_name(name).reload()
+            self._model.on_volume_reload()
+        except Exception:
+            logger.exception("volume reload failed; retrying at the next interval")
 
     def _model_name(self) -> str:
         name = getattr(self, "model_name", None)
@@ -115,6 +156,9 @@ class ModalService:
     def _process(self, batch: list[Any]) -> list[Any]:
         if not batch:
             return []
+        interval = self.modal_config.app_settings.deployment_config.volume_reload_interval_seconds
+        if interval is not None and interval <= 0:  # ModalKit's -1: reload before every batch
+            self._reload_volumes()
         # On Modal, `spawn` sends the whole AsyncRequest: run its message, then push to its queues here.
         requests = [item if isinstance(item, AsyncRequest) else None for item in batch]
         inputs = [r.message if r is not None else item for r, item in zip(requests, batch, strict=True)]
@@ -134,19 +178,18 @@ class ModalService:
         return [Failure.from_exception(o) if isinstance(o, BaseException) else o for o in outputs]
 
     def _push_results(self, requests: list[AsyncRequest | None], inputs: list[Any], results: list[Any]) -> None:
+        queues = self.modal_config.app_settings.queue_config
         sink = getattr(self, "_sink", None)
         if sink is None:  # one per container: a Redis sink keeps its connection pool between batches
-            sink = self._sink = make_sink(self.modal_config.app_settings.queue_config)
+            sink = self._sink = make_sink(queues, self.queue_backend)
         for request, item, result in zip(requests, inputs, results, strict=True):
             if request is None:
                 continue
-            failed = isinstance(result, Failure)
-            queue = request.failure_queue if failed else request.success_queue
-            if queue is None:
-                continue
-            outcome = {"status_code": result.status_code, "detail": result.detail} if failed else jsonable(result)
-            status: JobState = "failed" if failed else "succeeded"
-            deliver(sink, queue, sink_message(None, request, status, outcome, jsonable(item)))
+            status, outcome = job_outcome(result)
+            queue = request.success_queue if status == "succeeded" else request.failure_queue
+            if queue is not None:
+                message = sink_message(None, request, status, outcome, jsonable(item), queues.message_format)
+                deliver(sink, queue, message)
 
     def _recycle(self, exc: BaseException, size: int) -> list[Any]:
         import modal
@@ -162,6 +205,52 @@ class ModalService:
 
 
 _PARAMETER_TYPES = (int, str, bytes, bool)
+_CONFIG_NAMES = ("modal_config", "modal_utils")
+
+
+def _declared_config(cls: type) -> ModalConfig | None:
+    """The config a service class declares in its own body (`modal_config`, or ModalKit's `modal_utils`).
+
+    A class that names its model (`inference_implementation`) but has no config, or holds a config
+    under another name, is an error now rather than a service without Modal methods later.
+    """
+    declared = {name: cls.__dict__[name] for name in _CONFIG_NAMES if name in cls.__dict__}
+    for name, value in vars(cls).items():
+        if isinstance(value, ModalConfig) and name not in _CONFIG_NAMES:
+            raise ConfigError([f"{cls.__qualname__}.{name}: a ModalConfig must be named modal_config (or modal_utils)"])
+    if len(declared) == 2 and declared["modal_config"] is not declared["modal_utils"]:
+        raise ConfigError([f"{cls.__qualname__}: modal_config and modal_utils are both set; keep one"])
+    for name, value in declared.items():
+        if not isinstance(value, ModalConfig):
+            raise ConfigError([f"{cls.__qualname__}.{name}: expected a ModalConfig(), got {type(value).__name__}"])
+    if declared:
+        config: ModalConfig = next(iter(declared.values()))
+        return config
+    if "inference_implementation" in cls.__dict__ and not isinstance(getattr(cls, "modal_config", None), ModalConfig):
+        raise ConfigError(
+            [f"{cls.__qualname__} has no config: add `modal_config = ModalConfig()` to its body "
+             "(ModalKit's form: `modal_utils: ModalConfig = modal_config`)"]
+        )  # fmt: skip
+    return None
+
+
+def _unwrapped(input_data: Any) -> Any:
+    """ModalKit wrapped inputs in `SyncInputModel`/`AsyncInputModel`; the service takes the message itself."""
+    from modalkit.iomodel import AsyncInputModel, SyncInputModel
+
+    return input_data.message if isinstance(input_data, (SyncInputModel, AsyncInputModel)) else input_data
+
+
+def async_request(input_data: Any) -> AsyncRequest:
+    """An async job from a bare input or ModalKit's `AsyncInputModel` (empty queue names mean no queue)."""
+    from modalkit.iomodel import AsyncInputModel
+
+    if isinstance(input_data, AsyncRequest):
+        return input_data
+    if isinstance(input_data, AsyncInputModel):
+        return AsyncRequest(input_data.message, input_data.success_queue or None, input_data.failure_queue or None,
+                            input_data.meta or None)  # fmt: skip
+    return AsyncRequest(input_data)
 
 
 def _check_parameters(cls: type) -> None:

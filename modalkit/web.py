@@ -41,7 +41,7 @@ class BatchItemError(BaseModel):
 
 
 def create_web_endpoints(
-    service_cls: Any,
+    app_cls: Any,
     input_model: type[BaseModel],
     output_model: type[BaseModel],
     runtime: Runtime | None = None,
@@ -50,6 +50,7 @@ def create_web_endpoints(
 
     Inside Modal it calls the service class remotely; elsewhere it starts local containers.
     """
+    service_cls = app_cls
     service: type[ModalService] = user_class(service_cls)
     config = service.modal_config
     default_model = service.default_model_name()

@@ -318,7 +318,7 @@ BAD: dict[str, tuple[str, str]] = {
         "app_settings.deployment_config.volumes",
     ),
     "deployment_config.volume_reload_interval_seconds": (
-        "  deployment_config: {volume_reload_interval_seconds: 0}\n",
+        "  deployment_config: {volume_reload_interval_seconds: -2}\n",
         "app_settings.deployment_config.volume_reload_interval_seconds",
     ),
     "deployment_config.cloud_bucket_mounts": (

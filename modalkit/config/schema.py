@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from modalkit.config import pricing
-from modalkit.exceptions import ConfigDeprecationWarning
+from modalkit.exceptions import ConfigDeprecationWarning, ConfigWarning
 
 GPU_TYPES = (
     "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
@@ -104,11 +104,26 @@ class BuildConfig(Section):
             raise ValueError("tag needs image to name a registry image")
         return self
 
+    @model_validator(mode="after")
+    def _tagged_twice(self) -> BuildConfig:
+        if self.tag is not None and _has_tag(self.image):
+            warnings.warn(
+                ConfigWarning("app_settings.build_config.tag",
+                              f"{self.tag!r} is not used: image {self.image!r} already names its tag or digest"),
+                stacklevel=2,
+            )  # fmt: skip
+        return self
+
     @property
     def registry_image(self) -> str | None:
         if self.image == "debian_slim":
             return None
-        return f"{self.image}:{self.tag}" if self.tag else self.image
+        return f"{self.image}:{self.tag}" if self.tag and not _has_tag(self.image) else self.image
+
+
+def _has_tag(image: str) -> bool:
+    """`python:3.11-slim`, `ghcr.io/org/img:1`, `img@sha256:...` carry a tag; `localhost:5000/img` does not."""
+    return "@" in image or ":" in image.rsplit("/", 1)[-1]
 
 
 class RetryPolicy(Section):
@@ -149,7 +164,8 @@ class DeploymentConfig(Section):
     max_concurrent_inputs_handler: int = Field(100, ge=1, le=1000)
     secrets: list[str] = []
     volumes: dict[str, str] = {}  # mount path -> volume name
-    volume_reload_interval_seconds: int | None = Field(None, ge=1)
+    # None: never; N > 0: every N seconds; 0 or -1 (ModalKit's default): before every batch.
+    volume_reload_interval_seconds: int | None = Field(None, ge=-1)
     cloud_bucket_mounts: list[CloudBucketMount] = []
     enable_memory_snapshot: bool = False
     secure: bool = False  # Modal proxy auth: callers send Modal-Key and Modal-Secret headers
@@ -169,8 +185,6 @@ class DeploymentConfig(Section):
             value = data.pop(old)
             # allow_concurrent_inputs: true meant "some concurrency" in old ModalKit configs.
             data[new] = 100 if value is True else value
-        if data.get("volume_reload_interval_seconds") == -1:  # ModalKit's "off"
-            data["volume_reload_interval_seconds"] = None
         return data
 
     @field_validator("retries")
@@ -222,15 +236,29 @@ class BatchConfig(Section):
     wait_ms: int = Field(10, ge=0, le=600_000)
 
 
+BUILTIN_QUEUE_BACKENDS = ("memory", "redis", "modal", "taskiq", "sqs")
+
+
 class QueueConfig(Section):
     """Async jobs: where results are pushed (`backend`) and how the local job store behaves."""
 
-    backend: Literal["memory", "redis", "modal"] = "memory"
+    # A built-in backend, or a name given to `modalkit.task_queue.register_backend` before the first job.
+    backend: str = Field("memory", pattern=r"^[A-Za-z0-9_.:-]+$")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # taskiq: redis://... (taskiq-redis) or memory://
+    # "modalkit": the JSON that ModalKit's queue consumers read; "native": {job_id, status, meta, result|error}.
+    message_format: Literal["native", "modalkit"] = "native"
     job_store: str = ".modalkit/jobs.sqlite3"
     max_pending: int = Field(10_000, ge=1)
     max_attempts: int = Field(3, ge=1, le=100)
     result_ttl_seconds: int = Field(86_400, ge=1)
+    job_timeout_seconds: float | None = Field(None, gt=0, le=86_400)  # a running job past it fails (504)
+
+    @model_validator(mode="after")
+    def _broker(self) -> QueueConfig:
+        if self.backend == "taskiq" and self.broker_url is None:
+            raise ValueError("backend taskiq needs broker_url (redis://host:port/db, or memory://)")
+        return self
 
 
 class PricingConfig(Section):
@@ -266,25 +294,38 @@ class LocalConfig(Section):
 
 
 class AuthConfig(Section):
-    """API-key auth for every route but `public_routes`; on when api_key or api_key_env is set."""
+    """API-key auth for every route but `public_routes`; on when api_key, api_key_env or ssm_key is set."""
 
     api_key: SecretStr | None = None  # a literal key: fine locally, use api_key_env (+ a secret) on Modal
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     api_key_secret: str | None = None  # a Modal secret that sets api_key_env in the web containers
+    # An AWS SSM Parameter Store name (ModalKit's): read once when the web app starts (`pip install modalkit[aws]`).
+    ssm_key: str | None = Field(None, min_length=1)
     header: str = Field("x-api-key", pattern=r"^[A-Za-z0-9-]+$")
     public_routes: list[str] = ["/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "auth_header" in data:
+            if "header" in data:
+                raise ValueError("both 'auth_header' and its new name 'header' are set; keep only 'header'")
+            _deprecated("auth_config.auth_header", "auth_config.header")
+            data = {("header" if k == "auth_header" else k): v for k, v in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> AuthConfig:
-        if self.api_key is not None and self.api_key_env is not None:
-            raise ValueError("set either api_key or api_key_env, not both")
-        if self.api_key_secret is not None and self.api_key_env is None:
-            raise ValueError("api_key_secret needs api_key_env: the variable the secret sets")
+        sources = [name for name in ("api_key", "api_key_env", "ssm_key") if getattr(self, name) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"set one of api_key, api_key_env and ssm_key, not {' and '.join(sources)}")
+        if self.api_key_secret is not None and self.api_key_env is None and self.ssm_key is None:
+            raise ValueError("api_key_secret needs api_key_env (the variable it sets) or ssm_key (AWS credentials)")
         return self
 
     @property
     def enabled(self) -> bool:
-        return self.api_key is not None or self.api_key_env is not None
+        return self.api_key is not None or self.api_key_env is not None or self.ssm_key is not None
 
 
 class AppSettings(Section):
@@ -300,6 +341,28 @@ class AppSettings(Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _old_async_config(cls, data: Any) -> Any:
+        # ModalKit's async_config: timeout and result_ttl of async jobs, which queue_config holds here.
+        if not isinstance(data, dict) or "async_config" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("async_config") or {}
+        if not isinstance(old, dict):
+            raise ValueError("async_config must be a mapping (timeout, result_ttl)")
+        queue = dict(data.get("queue_config") or {})
+        for key, value in old.items():
+            new = _ASYNC_CONFIG_KEYS.get(key)
+            if new is None:
+                raise ValueError(f"async_config.{key}: unknown key (known: {', '.join(_ASYNC_CONFIG_KEYS)})")
+            if new in queue:
+                raise ValueError(f"both async_config.{key} and queue_config.{new} are set; keep queue_config.{new}")
+            _deprecated(f"async_config.{key}", f"queue_config.{new}")
+            queue[new] = value
+        data["queue_config"] = queue
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _old_mounts(cls, data: Any) -> Any:
         # ModalKit put local mounts under deployment_config.mounts; they are image steps now.
         deploy = data.get("deployment_config") if isinstance(data, dict) else None
@@ -310,6 +373,9 @@ class AppSettings(Section):
             build["add_local"] = list(build.get("add_local", [])) + list(deploy["mounts"] or [])
             data["build_config"] = build
         return data
+
+
+_ASYNC_CONFIG_KEYS = {"timeout": "job_timeout_seconds", "result_ttl": "result_ttl_seconds"}
 
 
 class ModelSettings(Section):

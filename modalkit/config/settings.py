@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,15 +14,18 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from modalkit.config import translate
+from modalkit.config.decorators import decorated_at
 from modalkit.config.schema import AppSettings, ModelSettings
-from modalkit.config.sources import Origins, load_yaml_files, origin_of
-from modalkit.exceptions import ConfigDeprecationWarning, ConfigError
+from modalkit.config.sources import Origins, dotenv_value, line_of, load_yaml_files, origin_of
+from modalkit.exceptions import ConfigDeprecationWarning, ConfigError, ConfigWarning
 
 ENV_PREFIX = "MODALKIT_"
 CONFIG_ENV = "MODALKIT_CONFIG"
 # Inside a Modal container the resolved config travels in the image's environment (see translate.get_image).
 RESOLVED_CONFIG_ENV = "MODALKIT_CONFIG_JSON"
 DEFAULT_CONFIG_FILE = "modalkit.yaml"
+# Appended to app_prefix for the Modal app name (ModalKit's "-dev" by default in its import path).
+APP_POSTFIX_ENV = "MODALKIT_APP_POSTFIX"
 
 
 class ModalkitSettings(BaseSettings):
@@ -45,24 +49,46 @@ class ModalkitSettings(BaseSettings):
         return env_settings, init_settings
 
 
+class Settings(ModalkitSettings):
+    """ModalKit's name for the settings. `Settings.model_config["yaml_file"] = "x.yaml"` chooses the file
+    that `ModalConfig()` reads when neither `files` nor `MODALKIT_CONFIG` says; `Settings()` reads it."""
+
+    model_config = SettingsConfigDict(yaml_file=DEFAULT_CONFIG_FILE)
+
+    def __init__(self, **values: Any) -> None:
+        if not values:  # read the files, as ModalKit's Settings() did
+            values = ModalConfig().settings.model_dump(by_alias=True)
+        super().__init__(**values)
+
+
+ConfigFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
 class ModalConfig:
     """The configuration of one modalkit app.
 
     Files come from `files`, else `MODALKIT_CONFIG` (comma-separated overlays, later wins), else
-    `modalkit.yaml` in the working directory; `MODALKIT_<SECTION>__<KEY>` variables override them.
+    `Settings.model_config["yaml_file"]` (default `modalkit.yaml`) in the working directory; `MODALKIT_*`
+    lines of `.env` overlay them, and `MODALKIT_<SECTION>__<KEY>` variables override all of them.
+    ModalKit's `ModalConfig(Settings())` (already validated settings) works too.
 
         config = ModalConfig()                      # modalkit.yaml
         config = ModalConfig(["base.yaml", "prod.yaml"])
     """
 
-    def __init__(self, files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None) -> None:
+    default_app_postfix = ""
+
+    def __init__(self, files: ConfigFiles | ModalkitSettings | None = None) -> None:
         resolved = os.environ.get(RESOLVED_CONFIG_ENV)
+        self.files: list[Path] = []
+        if isinstance(files, ModalkitSettings):
+            self.settings = files
+            return
         if files is None and resolved:
-            self.files: list[Path] = []
             data, origins = json.loads(resolved), Origins()
         else:
             self.files = _config_paths(files)
-            data, origins = load_yaml_files(self.files)
+            data, origins = load_yaml_files(self.files, ENV_PREFIX)
         self.settings = _validate(data, origins)
 
     @property
@@ -75,7 +101,13 @@ class ModalConfig:
 
     @property
     def app_name(self) -> str:
-        return self.app_settings.app_prefix
+        """`app_prefix` plus `$MODALKIT_APP_POSTFIX` (from the environment or `.env`)."""
+        return self.app_settings.app_prefix + self.app_postfix
+
+    @property
+    def app_postfix(self) -> str:
+        postfix = dotenv_value(APP_POSTFIX_ENV)
+        return self.default_app_postfix if postfix is None else postfix
 
     def model_names(self) -> list[str]:
         return list(self.model_settings.model_entries)
@@ -93,6 +125,10 @@ class ModalConfig:
         return translate.app_cls_settings(self.settings)
 
     def get_handler_settings(self) -> dict[str, Any]:
+        """`@app.function` arguments of the web function. When the YAML sets its concurrency, the function
+        must also carry `@modal.concurrent` (Modal 1.6 takes it no other way): without it, this fails."""
+        caller = sys._getframe(1)
+        _require_concurrent_decorator(self.settings, caller.f_code.co_filename, caller.f_lineno)
         return translate.handler_settings(self.settings)
 
     def get_asgi_app_settings(self) -> dict[str, Any]:
@@ -111,9 +147,26 @@ class ModalConfig:
         return f"ModalConfig(files={[str(f) for f in self.files]!r}, app_name={self.app_name!r})"
 
 
-def _config_paths(files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> list[Path]:
+def _require_concurrent_decorator(settings: ModalkitSettings, filename: str, lineno: int) -> None:
+    deploy = settings.app_settings.deployment_config
+    inputs = deploy.max_concurrent_inputs_handler
+    if "max_concurrent_inputs_handler" not in deploy.model_fields_set or inputs <= 1:
+        return
+    target = decorated_at(filename, lineno)
+    if target is None or "concurrent" in target.decorators:
+        return
+    raise ConfigError(
+        [f"{filename}:{lineno}: {target.name}: app_settings.deployment_config.max_concurrent_inputs_handler "
+         f"(ModalKit's allow_concurrent_inputs_handler) is {inputs}, which Modal 1.6 takes only as a decorator: "
+         f"add `@modal.concurrent(max_inputs={inputs})` on the line below this one"]
+    )  # fmt: skip
+
+
+def _config_paths(files: ConfigFiles | None) -> list[Path]:
     if files is None:
-        files = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE
+        chosen = Settings.model_config.get("yaml_file")  # ModalKit's way to name the file
+        files = dotenv_value(CONFIG_ENV) or (chosen if isinstance(chosen, str | list) and chosen else None)
+        files = files or DEFAULT_CONFIG_FILE
     if isinstance(files, (str, os.PathLike)):
         files = [part.strip() for part in str(files).split(",") if part.strip()]
     paths = [Path(f) for f in files]
@@ -132,12 +185,15 @@ def _validate(data: dict[str, Any], origins: Origins) -> ModalkitSettings:
             settings = ModalkitSettings(**data)
         except ValidationError as exc:
             raise ConfigError([_describe(err, origins) for err in exc.errors()]) from None
-    for warning in caught:  # re-emit old-name warnings once, naming the file that used the old name
+    for warning in caught:  # re-emit each warning once, at the YAML file and line of the key it is about
         message = warning.message
-        if isinstance(message, ConfigDeprecationWarning):
-            where = origin_of(tuple(message.old.split(".")), origins, ENV_PREFIX)
-            message = ConfigDeprecationWarning(message.old, message.new, where)
-        warnings.warn(message, stacklevel=3)
+        if isinstance(message, ConfigDeprecationWarning | ConfigWarning):
+            loc = tuple(message.key.split("."))
+            where = origin_of(loc, origins, ENV_PREFIX)
+            message = message.at(where)
+            warnings.warn_explicit(message, type(message), where.split(", ")[-1], line_of(loc, origins))
+        else:
+            warnings.warn(message, stacklevel=3)
     return settings
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,40 +13,130 @@ import yaml
 
 from modalkit.exceptions import ConfigError
 
-Origins = dict[tuple[str, ...], str]
+Path_ = tuple[str, ...]
+DOTENV_FILE = ".env"
+_SECTIONS = ("app_settings", "model_settings")
 
 
-def load_yaml_files(paths: list[Path]) -> tuple[dict[str, Any], Origins]:
+@dataclass
+class Origins:
+    """For each YAML path: the files that set it (the last one wins for a value, a section lists them all)
+    and the line of its key in the last of them."""
+
+    files: dict[Path_, list[str]] = field(default_factory=dict)
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def add(self, path: Path_, source: str, line: int, section: bool) -> None:
+        if section:
+            sources = self.files.setdefault(path, [])
+            if source not in sources:
+                sources.append(source)
+        else:
+            self.files[path] = [source]
+        self.lines[path] = line
+
+
+def load_yaml_files(paths: list[Path], env_prefix: str = "MODALKIT_") -> tuple[dict[str, Any], Origins]:
+    """The files merged in order, then the `.env` file of the working directory (its `<PREFIX>SECTION__KEY`
+    lines, as ModalKit read them); environment variables come on top of both, in `ModalkitSettings`."""
     merged: dict[str, Any] = {}
-    origins: Origins = {}
+    origins = Origins()
     for path in paths:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            raise ConfigError([f"{path}: the top level must be a mapping, not {type(data).__name__}"])
-        _merge(merged, data, (), str(path), origins)
+        data, lines = _read(path)
+        if data is not None:
+            _merge(merged, data, (), str(path), origins, lines)
+    dotenv = dotenv_settings(Path(DOTENV_FILE), env_prefix)
+    if dotenv:
+        _merge(merged, dotenv, (), DOTENV_FILE, origins, {})
     return merged, origins
 
 
-def _merge(
-    into: dict[str, Any], data: Mapping[str, Any], prefix: tuple[str, ...], source: str, origins: Origins
-) -> None:
+def dotenv_value(name: str) -> str | None:
+    """A variable from the environment, else from the working directory's `.env` file."""
+    if name in os.environ:
+        return os.environ[name]
+    path = Path(DOTENV_FILE)
+    if not path.is_file():
+        return None
+    from dotenv import dotenv_values
+
+    return dotenv_values(path).get(name)
+
+
+def dotenv_settings(path: Path, env_prefix: str) -> dict[str, Any]:
+    """`MODALKIT_APP_SETTINGS__BATCH_CONFIG__WAIT_MS=5` lines as nested settings; other lines are ignored."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    nested: dict[str, Any] = {}
+    for name, value in dotenv_values(path).items():
+        keys = name.lower().removeprefix(env_prefix.lower()).split("__")
+        if not name.upper().startswith(env_prefix) or keys[0] not in _SECTIONS or value is None:
+            continue
+        node = nested
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = _json_or_text(value)
+    return nested
+
+
+def _json_or_text(value: str) -> Any:
+    if value[:1] in "[{":  # lists and mappings are JSON, as in environment variables
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read(path: Path) -> tuple[Any, dict[Path_, int]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping, not {type(data).__name__}"])
+    lines: dict[Path_, int] = {}
+    _key_lines(node, (), lines)
+    return data, lines
+
+
+def _key_lines(node: Any, prefix: Path_, lines: dict[Path_, int]) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key, value in node.value:
+        path = (*prefix, str(key.value))
+        lines[path] = key.start_mark.line + 1
+        _key_lines(value, path, lines)
+
+
+def _merge(into: dict[str, Any], data: Mapping[str, Any], prefix: Path_, source: str, origins: Origins,
+           lines: dict[Path_, int]) -> None:  # fmt: skip
     for raw_key, value in data.items():
         key = str(raw_key)  # YAML allows `1:` or `null:` keys; they become unknown-key errors, not a crash
         path = (*prefix, key)
-        origins[path] = source
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value, path, source, origins)
+        section = isinstance(value, Mapping)
+        origins.add(path, source, lines.get(path, 0), section)
+        if section and isinstance(into.get(key), dict):
+            _merge(into[key], value, path, source, origins, lines)
         else:
             into[key] = _plain(value)
+            if section:
+                _record(value, path, source, origins, lines)
+
+
+def _record(data: Mapping[str, Any], prefix: Path_, source: str, origins: Origins, lines: dict[Path_, int]) -> None:
+    for raw_key, value in data.items():
+        path = (*prefix, str(raw_key))
+        origins.add(path, source, lines.get(path, 0), isinstance(value, Mapping))
+        if isinstance(value, Mapping):
+            _record(value, path, source, origins, lines)
 
 
 def _plain(value: Any) -> Any:
@@ -54,11 +146,16 @@ def _plain(value: Any) -> Any:
 
 
 def origin_of(loc: tuple[str, ...], origins: Origins, env_prefix: str) -> str:
-    """The file (or environment variable) that supplied the value at `loc`, for error messages."""
+    """The file(s) (or environment variable) that supplied the value at `loc`, for error messages."""
     for end in range(len(loc), 0, -1):
         env_name = env_prefix + "__".join(loc[:end]).upper()
         if env_name in os.environ:
             return f"environment variable {env_name}"
-        if loc[:end] in origins:
-            return origins[loc[:end]]
+        if loc[:end] in origins.files:
+            return ", ".join(origins.files[loc[:end]])
     return "defaults"
+
+
+def line_of(loc: tuple[str, ...], origins: Origins) -> int:
+    """The line of the key at `loc` in the file that set it last; 0 when unknown."""
+    return origins.lines.get(loc, 0)

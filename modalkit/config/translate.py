@@ -53,9 +53,14 @@ def image(settings: ModalkitSettings) -> Any:
     if build.workdir:
         img = img.workdir(build.workdir)
     # Last: the resolved config changes often, and every layer after it would be rebuilt.
-    from modalkit.config.settings import RESOLVED_CONFIG_ENV
+    from modalkit.config.settings import APP_POSTFIX_ENV, RESOLVED_CONFIG_ENV
+    from modalkit.config.sources import dotenv_value
 
-    img = img.env({RESOLVED_CONFIG_ENV: resolved_config_json(settings)})
+    resolved = {RESOLVED_CONFIG_ENV: resolved_config_json(settings)}
+    postfix = dotenv_value(APP_POSTFIX_ENV)
+    if postfix is not None:  # the containers name the app as the deploy did
+        resolved[APP_POSTFIX_ENV] = postfix
+    img = img.env(resolved)
     # add_local_* steps must come last: Modal adds them when a container starts instead of building a layer.
     for entry in build.add_local:
         if entry.type == "dir":
@@ -121,9 +126,9 @@ def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
         kwargs["enable_memory_snapshot"] = True
     if deploy.secrets:
         kwargs["secrets"] = _secrets(deploy.secrets)
-    volumes = _volumes(deploy)
-    if volumes:
-        kwargs["volumes"] = volumes
+    mounts = volumes(deploy)
+    if mounts:
+        kwargs["volumes"] = mounts
     return kwargs
 
 
@@ -176,14 +181,14 @@ def _secrets(names: list[str]) -> list[Any]:
     return [modal.Secret.from_name(name) for name in names]
 
 
-def _volumes(deploy: DeploymentConfig) -> dict[str, Any]:
+def volumes(deploy: DeploymentConfig) -> dict[str, Any]:
     import modal
 
-    volumes: dict[str, Any] = {
+    mounts: dict[str, Any] = {
         path: modal.Volume.from_name(name, create_if_missing=True) for path, name in deploy.volumes.items()
     }
     for bucket in deploy.cloud_bucket_mounts:
-        volumes[bucket.mount_point] = modal.CloudBucketMount(
+        mounts[bucket.mount_point] = modal.CloudBucketMount(
             bucket_name=bucket.bucket_name,
             bucket_endpoint_url=bucket.bucket_endpoint_url,
             key_prefix=bucket.key_prefix,
@@ -192,4 +197,4 @@ def _volumes(deploy: DeploymentConfig) -> dict[str, Any]:
             read_only=bucket.read_only,
             requester_pays=bucket.requester_pays,
         )
-    return volumes
+    return mounts

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modalkit.exceptions import JobExpired
-from modalkit.jobs import AsyncRequest, JobView, jsonable
+from modalkit.jobs import AsyncRequest, JobView, job_outcome
 from modalkit.metrics import Observation
 from modalkit.outcome import Failure
 
@@ -14,7 +14,8 @@ class ModalRuntime:
     def __init__(self, service: Any, model_names: list[str], function_call: Any = None) -> None:
         import modal
 
-        self._objects = {name: service(model_name=name) for name in model_names}
+        bound = with_config_concurrency(service)
+        self._objects = {name: bound(model_name=name) for name in model_names}
         self._function_call = function_call or modal.FunctionCall
 
     async def start(self) -> None:
@@ -50,9 +51,10 @@ class ModalRuntime:
             return None
         except modal.exception.Error as exc:
             return JobView(job_id, "failed", error={"status_code": 503, "detail": f"{type(exc).__name__}: {exc}"})
-        if isinstance(result, Failure):
-            return JobView(job_id, "failed", error={"status_code": result.status_code, "detail": result.detail})
-        return JobView(job_id, "succeeded", result=jsonable(result))
+        status, outcome = job_outcome(result)
+        if status == "failed":
+            return JobView(job_id, "failed", error=outcome)
+        return JobView(job_id, "succeeded", result=outcome)
 
     def ready(self) -> bool:
         return True
@@ -62,3 +64,27 @@ class ModalRuntime:
 
     def health(self) -> dict[str, Any]:
         return {"runtime": "modal", "models": {name: {} for name in self._objects}}
+
+
+def with_config_concurrency(service: Any) -> Any:
+    """The service class as it must be called for the YAML's `max_concurrent_inputs` to hold on Modal.
+
+    A class decorated with `@modal.concurrent` keeps its own setting. Without the decorator (ModalKit's
+    deployment guide has none), `Cls.with_concurrency` carries the configured value with every call.
+    """
+    from modalkit.app_loader import user_class
+
+    config = getattr(user_class(service), "modal_config", None)
+    if config is None or not hasattr(service, "with_concurrency"):
+        return service
+    wanted = config.app_settings.deployment_config.max_concurrent_inputs
+    if wanted <= 1 or declared_concurrency(service) is not None:
+        return service
+    return service.with_concurrency(max_inputs=wanted)
+
+
+def declared_concurrency(service: Any) -> int | None:
+    """`max_inputs` of the `@modal.concurrent` on a Modal class or function, None without one."""
+    target = service._get_class_service_function() if hasattr(service, "_get_class_service_function") else service
+    info = target.info().concurrency_info
+    return None if info is None else int(info.max_inputs)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from modalkit import telemetry
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import QueueFull, ServiceUnavailable
-from modalkit.jobs import AsyncRequest, JobState, jsonable, new_job_id, sink_message
+from modalkit.jobs import AsyncRequest, JobState, job_outcome, new_job_id, sink_message
 from modalkit.outcome import Failure
 from modalkit.queues import ResultSink, deliver
 from modalkit.runtime.local.job_store import JobStore, StoredJob
@@ -117,15 +117,13 @@ class JobDispatcher:
                 result = await self._pools[job.model_name].submit(item, solo=job.suspect, background=True)
         finally:
             self._slots.release()
-        if not isinstance(result, Failure):
-            await self._finish(job, "succeeded", jsonable(result))
         # A transient failure is not the job's fault until it happens again with the job alone.
-        elif result.transient and job.attempts < self._config.max_attempts:
+        if isinstance(result, Failure) and result.transient and job.attempts < self._config.max_attempts:
             logger.warning("job %s: %s; retrying alone (attempt %d)", job_id, result.detail, job.attempts + 1)
             self.store.requeue(job_id)
             self._ready.put_nowait(job_id)
         else:
-            await self._finish(job, "failed", {"status_code": result.status_code, "detail": result.detail})
+            await self._finish(job, *job_outcome(result))
 
     async def _finish(self, job: StoredJob, status: JobState, outcome: Any) -> None:
         request = job.request
@@ -144,7 +142,8 @@ class JobDispatcher:
         queue = request.success_queue if job.status == "succeeded" else request.failure_queue
         if queue is None:
             return
-        message = sink_message(job_id, request, job.status, job.outcome, json.loads(job.payload))
+        style = self._config.message_format
+        message = sink_message(job_id, request, job.status, job.outcome, json.loads(job.payload), style)
         self._delivering.add(job_id)
         try:
             if await asyncio.to_thread(deliver, self._sink, queue, message):

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from modalkit.app_loader import service_ref
+from modalkit.app_loader import service_ref, user_class
 from modalkit.config import ModalConfig
 from modalkit.jobs import AsyncRequest, JobView
 from modalkit.metrics import Observation
@@ -25,13 +25,14 @@ class LocalRuntime:
         self.config = config
         self.pools = {name: ContainerPool(ref, name, config) for name in model_names}
         self._input_model = input_model
+        self._queue_backend = getattr(user_class(service), "queue_backend", None)
         self.sink = sink
         self.jobs: JobDispatcher | None = None
 
     async def start(self) -> None:
         queue_config = self.config.app_settings.queue_config
         batch_config = self.config.app_settings.batch_config
-        self.sink = self.sink or make_sink(queue_config)
+        self.sink = self.sink or make_sink(queue_config, self._queue_backend)
         in_flight = 2 * batch_config.max_batch_size * sum(p.max_containers for p in self.pools.values())
         store = JobStore(queue_config.job_store)
         self.jobs = JobDispatcher(store, self.pools, self._input_model, queue_config, self.sink, in_flight)

@@ -14,7 +14,8 @@ from typing import IO, Any
 import pydantic_core
 
 from modalkit.app_loader import ServiceRef, load_service, user_class
-from modalkit.outcome import Encoded, Failure
+from modalkit.iomodel import reported_error
+from modalkit.outcome import Encoded, Failure, Reported
 from modalkit.runtime.local import frames
 
 EXIT_RECYCLE = 75
@@ -58,7 +59,7 @@ def _encoded(result: Any) -> Any:
     if isinstance(result, Failure):
         return result
     try:
-        return Encoded(pydantic_core.to_json(result))
+        return (Reported if reported_error(result) else Encoded)(pydantic_core.to_json(result))
     except Exception as exc:
         return Failure(500, f"output is not JSON-serialisable: {type(exc).__name__}: {exc}")
 
