@@ -60,6 +60,10 @@ class Settings(ModalkitSettings):
             values = ModalConfig().settings.model_dump(by_alias=True)
         super().__init__(**values)
 
+    @classmethod
+    def _settings_warn_unused_config_keys(cls, sources: Any, model_config: Any) -> None:
+        """`yaml_file` is read by `ModalConfig`, not by a pydantic-settings source: nothing to warn about."""
+
 
 ConfigFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 

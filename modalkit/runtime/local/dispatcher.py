@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from opentelemetry.util.types import AttributeValue
@@ -114,7 +114,8 @@ class JobDispatcher:
             with telemetry.tracer().start_as_current_span(
                 "modalkit.job", context=telemetry.extract(job.trace_context), attributes=attributes
             ):
-                result = await self._pools[job.model_name].submit(item, solo=job.suspect, background=True)
+                answer = self._pools[job.model_name].submit(item, solo=job.suspect, background=True)
+                result = await self._within_job_timeout(answer)
         finally:
             self._slots.release()
         # A transient failure is not the job's fault until it happens again with the job alone.
@@ -124,6 +125,15 @@ class JobDispatcher:
             self._ready.put_nowait(job_id)
         else:
             await self._finish(job, *job_outcome(result))
+
+    async def _within_job_timeout(self, answer: Awaitable[Any]) -> Any:
+        """The result, or a failure once the job has run for `queue_config.job_timeout_seconds`."""
+        limit = self._config.job_timeout_seconds
+        try:
+            return await asyncio.wait_for(answer, limit)
+        except TimeoutError:
+            # The job's own doing (ModalKit's async_config.timeout): failed, not retried.
+            return Failure(504, f"the job ran past queue_config.job_timeout_seconds ({limit:g} s)")
 
     async def _finish(self, job: StoredJob, status: JobState, outcome: Any) -> None:
         request = job.request
