@@ -97,21 +97,25 @@ def test_old_name_warnings_point_at_the_yaml_key(folder: Path) -> None:
 
 
 def test_a_tag_on_an_image_that_has_one_is_not_appended(folder: Path) -> None:
-    (folder / "modalkit.yaml").write_text("app_settings:\n  build_config:\n    image: python:3.11-slim\n    tag: latest\n")
+    (folder / "modalkit.yaml").write_text(
+        "app_settings:\n  build_config:\n    image: python:3.11-slim\n    tag: latest\n"
+    )
     with pytest.warns(ConfigWarning, match="'latest' is not used"):
         config = ModalConfig()
     assert config.app_settings.build_config.registry_image == "python:3.11-slim"
-    (folder / "modalkit.yaml").write_text("app_settings:\n  build_config:\n    image: localhost:5000/team/img\n    tag: v2\n")
+    (folder / "modalkit.yaml").write_text(
+        "app_settings:\n  build_config:\n    image: localhost:5000/team/img\n    tag: v2\n"
+    )
     assert ModalConfig().app_settings.build_config.registry_image == "localhost:5000/team/img:v2"
 
 
 def test_async_config_becomes_queue_config(folder: Path) -> None:
     (folder / "modalkit.yaml").write_text("app_settings:\n  async_config:\n    timeout: 600\n    result_ttl: 3600\n")
-    with pytest.warns(ConfigDeprecationWarning, match="async_config.timeout"):
+    with pytest.warns(ConfigDeprecationWarning, match=r"async_config\.timeout"):
         queue = ModalConfig().app_settings.queue_config
     assert (queue.job_timeout_seconds, queue.result_ttl_seconds) == (600, 3600)
     (folder / "modalkit.yaml").write_text("app_settings:\n  async_config:\n    retries: 2\n")
-    with pytest.raises(ConfigError, match="async_config.retries: unknown key"):
+    with pytest.raises(ConfigError, match=r"async_config\.retries: unknown key"):
         ModalConfig()
 
 
