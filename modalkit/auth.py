@@ -8,14 +8,20 @@ import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modalkit import aws
 from modalkit.config.schema import AuthConfig
 from modalkit.exceptions import ConfigError
 
 
 def resolve_api_key(config: AuthConfig) -> str | None:
-    """The key to expect, or None when auth is off; a configured but missing key is an error (fail closed)."""
+    """The key to expect, or None when auth is off; a configured but missing key is an error (fail closed).
+
+    An `ssm_key` is read from AWS SSM Parameter Store once, here: when the web app is built.
+    """
     if config.api_key is not None:
         return config.api_key.get_secret_value()
+    if config.ssm_key is not None:
+        return aws.ssm_parameter(config.ssm_key, "app_settings.auth_config.ssm_key")
     if config.api_key_env is None:
         return None
     key = os.environ.get(config.api_key_env)

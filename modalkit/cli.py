@@ -85,7 +85,8 @@ def run(app_path: str, input_path: str, output_path: str, config_files: str | No
         from modalkit.runtime.modal import ModalRuntime
 
         # The deployed class, looked up by app and class name; Modal batches the inputs with @modal.batched.
-        runtime = ModalRuntime(modal.Cls.from_name(config.app_name, user_class(state.service).__name__), [name])
+        deployed = modal.Cls.from_name(config.app_name, user_class(state.service).__name__)
+        runtime = ModalRuntime(deployed, [name], local=state.service)
     source, output = Path(input_path), Path(output_path)
     total = sum(1 for line in source.open() if line.strip())
 

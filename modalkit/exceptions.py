@@ -1,4 +1,20 @@
-"""The modalkit error hierarchy: every error modalkit raises on purpose is a `ModalkitError`."""
+"""The modalkit error hierarchy: every error modalkit raises on purpose is a `ModalkitError`.
+
+ModalkitError
+├── ConfigError
+├── AppLoadError
+├── ServiceUnavailable
+├── QueueFull
+├── JobExpired
+├── InferenceError
+├── BackendError          (also ValueError; ModalKit's name)
+├── DependencyError       (also ImportError; ModalKit's name)
+├── TypeValidationError   (also TypeError; ModalKit's name)
+└── AuthConfigError       (also ValueError; ModalKit's name)
+
+ConfigDeprecationWarning  (a FutureWarning)
+ConfigWarning             (a UserWarning)
+"""
 
 from __future__ import annotations
 
@@ -20,7 +36,22 @@ class ConfigDeprecationWarning(FutureWarning):
 
     def __init__(self, old: str, new: str, where: str = "modalkit config") -> None:
         self.old, self.new, self.where = old, new, where
+        self.key = old
         super().__init__(f"{where}: {old} is deprecated, use {new}")
+
+    def at(self, where: str) -> ConfigDeprecationWarning:
+        return ConfigDeprecationWarning(self.old, self.new, where)
+
+
+class ConfigWarning(UserWarning):
+    """A config value is accepted but not used as written (the message says what happens instead)."""
+
+    def __init__(self, key: str, message: str, where: str = "modalkit config") -> None:
+        self.key, self.message, self.where = key, message, where
+        super().__init__(f"{where}: {key}: {message}")
+
+    def at(self, where: str) -> ConfigWarning:
+        return ConfigWarning(self.key, self.message, where)
 
 
 class AppLoadError(ModalkitError):
@@ -46,3 +77,19 @@ class InferenceError(ModalkitError):
         self.detail = detail
         self.status_code = status_code
         super().__init__(detail)
+
+
+class BackendError(ModalkitError, ValueError):
+    """A queue backend is unknown, or refused a message (its `send_message` returned False)."""
+
+
+class DependencyError(ModalkitError, ImportError):
+    """An optional package that a feature needs is not installed."""
+
+
+class TypeValidationError(ModalkitError, TypeError):
+    """A value has the wrong type, e.g. a queue message that is not a str."""
+
+
+class AuthConfigError(ModalkitError, ValueError):
+    """The auth configuration is invalid (ModalKit's name; modalkit reports these as `ConfigError`)."""

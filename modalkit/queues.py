@@ -6,11 +6,18 @@ import json
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from modalkit.config.schema import QueueConfig
+from modalkit import task_queue
+from modalkit.config.schema import BUILTIN_QUEUE_BACKENDS, QueueConfig
+from modalkit.exceptions import ConfigError, TypeValidationError
+from modalkit.sinks.backend import BackendSink, QueueBackend
+from modalkit.sinks.sqs import SQSSink
+from modalkit.sinks.taskiq import TaskiqBackend
 
 logger = logging.getLogger("modalkit.queues")
+
+BACKEND_PATH = "app_settings.queue_config.backend"
 
 
 class ResultSink(Protocol):
@@ -50,12 +57,51 @@ class ModalQueueSink:
         modal.Queue.from_name(queue, create_if_missing=True).put(message)
 
 
-def make_sink(config: QueueConfig) -> ResultSink:
+def make_sink(config: QueueConfig, backend: object | None = None) -> ResultSink:
+    """The sink of `queue_config.backend`; `backend`, a ModalKit-style `QueueBackend` instance, wins over it.
+
+    A name given to `modalkit.task_queue.register_backend` is built with the keys of the queue config that
+    its class accepts, and wins over a built-in of the same name.
+    """
+    if backend is not None:
+        if not callable(getattr(backend, "send_message", None)):
+            raise TypeValidationError(
+                f"{backend!r} is not a queue backend: it has no send_message(queue_name, message)"
+            )
+        return BackendSink(cast(QueueBackend, backend))
+    registered = task_queue.registered_backend(config.backend)
+    if registered is not None:
+        return BackendSink(_registered(config.backend, registered, config))
+    if config.backend == "memory":
+        return MemorySink()
     if config.backend == "redis":
         return RedisSink(config.redis_url)
     if config.backend == "modal":
         return ModalQueueSink()
-    return MemorySink()
+    if config.backend == "sqs":
+        return SQSSink()
+    if config.backend == "taskiq" and config.broker_url is not None:  # the schema requires broker_url for taskiq
+        return BackendSink(TaskiqBackend(config.broker_url))
+    names = ", ".join(task_queue.registered_names()) or "none"
+    raise ConfigError(
+        [
+            f"{BACKEND_PATH}: unknown backend {config.backend!r}; built-in: {', '.join(BUILTIN_QUEUE_BACKENDS)}; "
+            f"registered: {names}. Register a custom one before the first job, in the app file: "
+            "modalkit.task_queue.register_backend(name, cls)"
+        ]
+    )
+
+
+def _registered(name: str, backend_class: type[Any], config: QueueConfig) -> QueueBackend:
+    try:
+        return cast(QueueBackend, task_queue.construct(backend_class, config.model_dump()))
+    except Exception as exc:
+        raise ConfigError(
+            [
+                f"{BACKEND_PATH}: cannot create the registered backend {name!r} "
+                f"({backend_class.__qualname__}): {type(exc).__name__}: {exc}"
+            ]
+        ) from exc
 
 
 def deliver(sink: ResultSink, queue: str, message: dict[str, Any], attempts: int = 5, first_delay: float = 0.2) -> bool:

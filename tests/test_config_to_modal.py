@@ -340,7 +340,7 @@ BAD: dict[str, tuple[str, str]] = {
         "  auth_config: {api_key_env: K, header: 'bad header'}\n",
         "app_settings.auth_config.header",
     ),
-    "queue_config.backend": ("  queue_config: {backend: kafka}\n", "app_settings.queue_config.backend"),
+    "queue_config.backend": ("  queue_config: {backend: 'my queue'}\n", "app_settings.queue_config.backend"),
     "pricing.gpu_per_second": ("  pricing: {gpu_per_second: {Z99: 1.0}}\n", "app_settings.pricing.gpu_per_second"),
 }
 

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from modalkit.config.schema import QueueConfig
-from modalkit.queues import MemorySink, RedisSink, deliver, make_sink
+from modalkit.queues import MemorySink, ModalQueueSink, RedisSink, deliver, make_sink
 
 
 class Flaky:
@@ -49,3 +49,9 @@ def test_memory_sink_is_the_default() -> None:
     assert isinstance(sink, MemorySink)
     sink.push("q", {"x": 1})
     assert sink.queues["q"] == [{"x": 1}]
+
+
+def test_each_builtin_backend_has_its_sink() -> None:
+    assert isinstance(make_sink(QueueConfig(backend="modal")), ModalQueueSink)  # nothing is contacted until a push
+    assert isinstance(make_sink(QueueConfig(backend="redis")), RedisSink)
+    # taskiq and sqs: tests/test_taskiq_sink.py and tests/test_aws.py; registered names: tests/test_task_queue.py

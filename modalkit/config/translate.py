@@ -31,6 +31,21 @@ def modalkit_requirements() -> list[str]:
     return [r for r in base if not r.startswith(("modal>", "modal=", "modal<", "uvicorn"))]
 
 
+_EXTRAS_FALLBACK = {"aws": ["boto3>=1.28"], "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0"]}
+
+
+def extra_requirements(settings: ModalkitSettings) -> list[str]:
+    """Optional packages the config needs in the image: boto3 for sqs and ssm_key, taskiq for taskiq."""
+    app = settings.app_settings
+    extras = {"aws"} if app.queue_config.backend == "sqs" or app.auth_config.ssm_key else set()
+    extras |= {"taskiq"} if app.queue_config.backend == "taskiq" else set()
+    try:
+        requires = metadata.requires("modalkit") or []
+    except metadata.PackageNotFoundError:
+        return [r for extra in sorted(extras) for r in _EXTRAS_FALLBACK[extra]]
+    return [r.split(";")[0].strip() for r in requires if any(f'extra == "{e}"' in r for e in extras)]
+
+
 def image(settings: ModalkitSettings) -> Any:
 
     build = settings.app_settings.build_config
@@ -39,7 +54,7 @@ def image(settings: ModalkitSettings) -> Any:
         img = img.env(build.env)
     if build.apt_packages:
         img = img.apt_install(*build.apt_packages)
-    img = img.pip_install(*modalkit_requirements())
+    img = img.pip_install(*modalkit_requirements(), *extra_requirements(settings))
     if build.pip_packages:
         img = img.pip_install(*build.pip_packages)
     if build.run_commands:

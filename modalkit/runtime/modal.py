@@ -11,10 +11,11 @@ from modalkit.outcome import Failure
 
 
 class ModalRuntime:
-    def __init__(self, service: Any, model_names: list[str], function_call: Any = None) -> None:
+    def __init__(self, service: Any, model_names: list[str], function_call: Any = None, local: Any = None) -> None:
+        """`local`: the class as defined in app.py, when `service` is a deployed one (`modal.Cls.from_name`)."""
         import modal
 
-        bound = with_config_concurrency(service)
+        bound = with_config_concurrency(service, local if local is not None else service)
         self._objects = {name: bound(model_name=name) for name in model_names}
         self._function_call = function_call or modal.FunctionCall
 
@@ -66,19 +67,24 @@ class ModalRuntime:
         return {"runtime": "modal", "models": {name: {} for name in self._objects}}
 
 
-def with_config_concurrency(service: Any) -> Any:
+def with_config_concurrency(service: Any, local: Any = None) -> Any:
     """The service class as it must be called for the YAML's `max_concurrent_inputs` to hold on Modal.
 
     A class decorated with `@modal.concurrent` keeps its own setting. Without the decorator (ModalKit's
     deployment guide has none), `Cls.with_concurrency` carries the configured value with every call.
+    `local` is the class as app.py defines it (default: `service` itself), which holds the config.
     """
     from modalkit.app_loader import user_class
 
-    config = getattr(user_class(service), "modal_config", None)
+    local = service if local is None else local
+    try:
+        config = getattr(user_class(local), "modal_config", None)
+    except AssertionError:  # a deployed class looked up by name carries no Python class
+        return service
     if config is None or not hasattr(service, "with_concurrency"):
         return service
     wanted = config.app_settings.deployment_config.max_concurrent_inputs
-    if wanted <= 1 or declared_concurrency(service) is not None:
+    if wanted <= 1 or declared_concurrency(local) is not None:
         return service
     return service.with_concurrency(max_inputs=wanted)
 

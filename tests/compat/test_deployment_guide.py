@@ -21,7 +21,7 @@ from tests.conftest import ROOT, wait_for
 from tests.modal_introspect import autoscaler, raw
 
 GUIDE = ROOT / "examples/modalkit_guide"
-GUIDE_APP_TEXT = '''import modal
+GUIDE_APP_TEXT = """import modal
 from modalkit.modal_service import ModalService, create_web_endpoints
 from modalkit.modal_config import ModalConfig
 from modalkit.settings import Settings
@@ -47,7 +47,7 @@ def web_endpoints():
         input_model=MyInput,
         output_model=MyOutput
     )
-'''
+"""
 
 
 @pytest.fixture

@@ -203,3 +203,35 @@ def test_async_config_timeout_fails_a_job_that_runs_too_long(serve: Any) -> None
     assert "job_timeout_seconds" in failed["error"]["detail"]
     quick = httpx.post(f"{server.url}/predict_async", json={"text": "fast"}).json()["job_id"]
     assert wait_for(lambda: state(quick), timeout=20)["status"] == "succeeded"
+
+
+def test_modalkit_message_format_on_the_modal_path(
+    tmp_path: Path, redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`message_format: modalkit`: the JSON a ModalKit queue consumer reads, pushed from a container."""
+    import json
+    import uuid
+
+    config = tmp_path / "modal.yaml"
+    config.write_text(
+        "app_settings:\n  app_prefix: echo-modalkit-format\n"
+        f"  queue_config: {{backend: redis, redis_url: '{redis_url}', message_format: modalkit}}\n"
+        "model_settings:\n  model_entries: {echo: {}}\n"
+    )
+    monkeypatch.setenv("MODALKIT_CONFIG", str(config))
+    monkeypatch.delitem(sys.modules, "echo_app", raising=False)
+    echo = import_app(APPS / "echo_app.py")
+    ok, failed = f"ok-{uuid.uuid4().hex}", f"failed-{uuid.uuid4().hex}"
+    batch = [
+        AsyncRequest(echo.EchoIn(text="hi"), success_queue=ok, failure_queue=failed, meta={"id": 1}),
+        AsyncRequest(echo.EchoIn(text="bad"), success_queue=ok, failure_queue=failed, meta={"id": 2}),
+    ]
+    echo.EchoService(model_name="echo").process_request.local(batch)
+    success = json.loads(redis_client.lpop(ok))
+    assert success["status"] == "success" and success["text"] == "hi" and success["meta"] == {"id": 1}
+    assert "error" not in success
+    failure = json.loads(redis_client.lpop(failed))
+    assert failure["status"] == "error" and "cannot echo 'bad'" in failure["error"] and failure["meta"] == {}
+    assert failure["original_message"] == {"message": {"text": "bad"}, "success_queue": ok, "failure_queue": failed,
+                                           "meta": {"id": 2}}  # fmt: skip
+    redis_client.delete(ok, failed)
