@@ -1,4 +1,4 @@
-"""The `modalkit` command: `serve` an app locally, print its resolved `config`."""
+"""The `modalkit` command: `serve` an app locally, `run` bulk inference, `config`, `stats`, `init`."""
 
 from __future__ import annotations
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from modalkit.config import settings as _settings
 from modalkit.config import translate
+
+logger = logging.getLogger("modalkit.config")
 
 
 class ModalConfig(_settings.ModalConfig):
@@ -39,8 +42,12 @@ class ModalConfig(_settings.ModalConfig):
         return self.get_batched_settings()
 
     def reload_volumes(self) -> None:
-        for volume in self.volumes.values():
-            volume.reload()
+        """Reload every volume; one that fails is logged and the others are still reloaded."""
+        for path, volume in self.volumes.items():
+            try:
+                volume.reload()
+            except Exception:
+                logger.exception("reloading the volume at %s failed", path)
 
 
 __all__ = ["ModalConfig"]

@@ -160,8 +160,9 @@ class ModalService:
         if interval is not None and interval <= 0:  # ModalKit's -1: reload before every batch
             self._reload_volumes()
         # On Modal, `spawn` sends the whole AsyncRequest: run its message, then push to its queues here.
-        requests = [item if isinstance(item, AsyncRequest) else None for item in batch]
-        inputs = [r.message if r is not None else item for r, item in zip(requests, batch, strict=True)]
+        # ModalKit's callers send SyncInputModel / AsyncInputModel wrappers: the same, by other names.
+        requests = [async_request(item) if _is_async(item) else None for item in batch]
+        inputs = [r.message if r is not None else _unwrapped(item) for r, item in zip(requests, batch, strict=True)]
         results = self._infer(inputs)
         if any(requests):
             self._push_results(requests, inputs, results)
@@ -239,6 +240,12 @@ def _unwrapped(input_data: Any) -> Any:
     from modalkit.iomodel import AsyncInputModel, SyncInputModel
 
     return input_data.message if isinstance(input_data, (SyncInputModel, AsyncInputModel)) else input_data
+
+
+def _is_async(item: Any) -> bool:
+    from modalkit.iomodel import AsyncInputModel
+
+    return isinstance(item, AsyncRequest | AsyncInputModel)
 
 
 def async_request(input_data: Any) -> AsyncRequest:

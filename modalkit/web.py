@@ -46,7 +46,8 @@ def create_web_endpoints(
     output_model: type[BaseModel],
     runtime: Runtime | None = None,
 ) -> FastAPI:
-    """The web app of a `ModalService` subclass: `/predict`, `/predict_batch`, `/health`, OpenAPI docs.
+    """The web app of a `ModalService` subclass: `/predict` (and ModalKit's `/predict_sync`), `/predict_batch`,
+    `/predict_async` with `GET /predict_async/{job_id}`, `/health`, `/metrics`, `/stats` and OpenAPI docs.
 
     Inside Modal it calls the service class remotely; elsewhere it starts local containers.
     """

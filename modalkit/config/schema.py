@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from typing import Any, Literal
@@ -380,6 +381,12 @@ _ASYNC_CONFIG_KEYS = {"timeout": "job_timeout_seconds", "result_ttl": "result_tt
 
 class ModelSettings(Section):
     local_model_repository_folder: str = "models"
+
+    @field_validator("local_model_repository_folder", mode="before")
+    @classmethod
+    def _folder(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value  # ModalKit typed it Path
+
     common: dict[str, Any] = {}
     # Each entry is passed to the InferenceBase constructor as keyword arguments.
     model_entries: dict[str, dict[str, Any]] = {}

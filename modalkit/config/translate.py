@@ -158,9 +158,7 @@ def handler_settings(settings: ModalkitSettings) -> dict[str, Any]:
 
 
 def asgi_app_settings(settings: ModalkitSettings) -> dict[str, Any]:
-    if settings.app_settings.deployment_config.secure:
-        return {"requires_proxy_auth": True}
-    return {}
+    return {"requires_proxy_auth": settings.app_settings.deployment_config.secure}
 
 
 def batched_settings(settings: ModalkitSettings) -> dict[str, Any]:
