@@ -14,6 +14,7 @@ from modalkit.config import ModalConfig
 from modalkit.cuda import is_cuda_error
 from modalkit.exceptions import ConfigError, InferenceError
 from modalkit.inference import InferenceBase
+from modalkit.iomodel import AsyncInputModel, AsyncOutputModel, SyncInputModel
 from modalkit.jobs import AsyncRequest, job_outcome, jsonable, sink_message
 from modalkit.outcome import Failure
 from modalkit.queues import deliver, make_sink
@@ -84,7 +85,6 @@ class ModalService:
     def async_call(cls: Any) -> Callable[..., Awaitable[Any]]:
         """ModalKit's `MyApp.async_call(MyApp)`: an async function `(model_name, input_data) -> AsyncOutputModel`
         that spawns the input (an `AsyncInputModel` routes the result to its queues) and returns its job id."""
-        from modalkit.iomodel import AsyncOutputModel
         from modalkit.runtime.modal import ModalRuntime
 
         async def call(model_name: str, input_data: Any) -> AsyncOutputModel:
@@ -237,21 +237,15 @@ def _declared_config(cls: type) -> ModalConfig | None:
 
 def _unwrapped(input_data: Any) -> Any:
     """ModalKit wrapped inputs in `SyncInputModel`/`AsyncInputModel`; the service takes the message itself."""
-    from modalkit.iomodel import AsyncInputModel, SyncInputModel
-
     return input_data.message if isinstance(input_data, (SyncInputModel, AsyncInputModel)) else input_data
 
 
 def _is_async(item: Any) -> bool:
-    from modalkit.iomodel import AsyncInputModel
-
     return isinstance(item, AsyncRequest | AsyncInputModel)
 
 
 def async_request(input_data: Any) -> AsyncRequest:
     """An async job from a bare input or ModalKit's `AsyncInputModel` (empty queue names mean no queue)."""
-    from modalkit.iomodel import AsyncInputModel
-
     if isinstance(input_data, AsyncRequest):
         return input_data
     if isinstance(input_data, AsyncInputModel):
