@@ -39,6 +39,11 @@ class ModalService:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # ModalKit's docs inject queue_backend this way; Modal 1.6 refuses it
+            raise ConfigError(
+                [f"{cls.__qualname__}.__init__: Modal 1.6 classes take no constructor. Put `queue_backend = ...` "
+                 "in the class body and declare inputs as `model_name: str = modal.parameter(default=...)`"]
+            )  # fmt: skip
         config = _declared_config(cls)
         if config is None:
             return  # an intermediate base class: the leaf class brings the config

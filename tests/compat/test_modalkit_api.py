@@ -98,6 +98,14 @@ def test_a_misspelled_config_attribute_fails_when_defined(tmp_path: Path) -> Non
             modal_util = config
 
 
+def test_a_constructor_fails_when_defined_and_says_where_queue_backend_goes() -> None:
+    with pytest.raises(ConfigError, match=r"Injected.__init__: Modal 1.6 classes take no constructor"):
+
+        class Injected(ModalService):
+            def __init__(self) -> None:
+                self.queue_backend = object()
+
+
 def test_an_intermediate_base_class_needs_no_config() -> None:
     class Base(ModalService):
         pass
