@@ -254,6 +254,12 @@ class QueueConfig(Section):
     max_attempts: int = Field(3, ge=1, le=100)
     result_ttl_seconds: int = Field(86_400, ge=1)
     job_timeout_seconds: float | None = Field(None, gt=0, le=86_400)  # a running job past it fails (504)
+    # Queue names a client may send: exact names, or prefixes ending in "*"; ["*"] allows any name.
+    allowed_queues: list[str] = Field(default_factory=lambda: ["*"])
+    delivery_workers: int = Field(4, ge=1, le=256)  # pushes to result queues in flight at once
+    # The local job store's budget: past either, new jobs get 507/429 until finished ones expire or are purged.
+    max_store_bytes: int = Field(1024**3, ge=1024 * 1024)
+    max_store_rows: int = Field(100_000, ge=100)
 
     @model_validator(mode="after")
     def _broker(self) -> QueueConfig:
@@ -283,6 +289,16 @@ class LimitsConfig(Section):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)  # larger bodies get 413, refused before being read
     request_timeout_seconds: float = Field(60.0, gt=0, le=86400)  # /predict waits this long, then 504
     max_batch_items: int = Field(1000, ge=1, le=100_000)  # items in one /predict_batch body, else 413
+    # Sync requests waiting for a container, per model; past it 503 with Retry-After (a bounded queue).
+    max_queued_requests: int = Field(1000, ge=1, le=1_000_000)
+    # Bodies larger than this are parsed in a worker thread, so one big body never stalls the event loop.
+    parse_in_thread_bytes: int = Field(256 * 1024, ge=0)
+    max_meta_bytes: int = Field(16 * 1024, ge=0)  # the JSON of an async request's `meta`, else 413
+    # The connection edge (`modalkit serve`): slow or silent clients and huge headers are cut off.
+    max_connections: int = Field(1000, ge=1, le=100_000)  # open connections; past it new ones get 503
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)  # a request's headers must arrive within this
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # all header lines of one request, else 431
+    max_headers: int = Field(100, ge=8, le=10_000)  # header lines of one request, else 431
 
 
 class LocalConfig(Section):

@@ -29,9 +29,10 @@ class Batcher:
     Requests go before async jobs (`background`), which fill whatever room a batch has left.
     """
 
-    def __init__(self, max_batch_size: int, wait_ms: int) -> None:
+    def __init__(self, max_batch_size: int, wait_ms: int, max_queued: int | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000
+        self.max_queued = max_queued  # sync requests that may wait; None: no bound
         self._requests: deque[Pending] = deque()
         self._jobs: deque[Pending] = deque()
         self._waiters: list[asyncio.Future[bool]] = []  # one per container waiting for items

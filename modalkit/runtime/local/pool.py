@@ -35,7 +35,9 @@ class ContainerPool:
         deploy = app.deployment_config
         self.ref = ref
         self.model_name = model_name
-        self.batcher = Batcher(app.batch_config.max_batch_size, app.batch_config.wait_ms)
+        self.batcher = Batcher(
+            app.batch_config.max_batch_size, app.batch_config.wait_ms, app.limits.max_queued_requests
+        )
         self.min_containers = deploy.min_containers
         # Unbounded on Modal; here one machine's worth: at least one, at least the minimum.
         self.max_containers = deploy.max_containers or max(1, deploy.min_containers)
