@@ -2,16 +2,22 @@
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from modalkit.exceptions import JobExpired, QueueFull, ServiceUnavailable
-from modalkit.http_body import located, parse_json
+from modalkit.config.schema import AppSettings
+from modalkit.exceptions import JobExpired, QueueFull, ServiceUnavailable, StoreFull
+from modalkit.http_body import located, parse_async, parse_json
 from modalkit.jobs import AsyncRequest
+from modalkit.queues import queue_allowed
 from modalkit.runtime import Runtime
 
 # ModalKit sends "" for "no queue"; SQS queue URLs (https://...) are names too.
@@ -30,6 +36,16 @@ class JobStatus(BaseModel):
     attempts: int = 0
     result: Any = None
     error: Any = None
+    # When the job names a queue: {state: pending | delivered | failed, queue, attempts, error}.
+    delivery: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobRules:
+    """What a client may ask of a job beyond its input: which queues, how much `meta`."""
+
+    allowed_queues: Sequence[str]
+    max_meta_bytes: int
 
 
 def add_async_routes(
@@ -38,7 +54,9 @@ def add_async_routes(
     input_model: type[BaseModel],
     pick_model: Callable[[Request], str],
     body_doc: Callable[..., dict[str, Any]],
+    settings: AppSettings,
 ) -> None:
+    rules = JobRules(settings.queue_config.allowed_queues, settings.limits.max_meta_bytes)
     envelope: type[BaseModel] = create_model(
         f"{input_model.__name__}AsyncRequest",
         __config__=ConfigDict(extra="forbid"),
@@ -56,15 +74,22 @@ def add_async_routes(
         status_code=202,
         response_model=AsyncAccepted,
         openapi_extra=body_doc({"anyOf": [input_ref, envelope_schema]}),
-        responses={429: {"description": "too many pending jobs; retry after Retry-After seconds"}},
+        responses={
+            413: {"description": "`meta` is larger than limits.max_meta_bytes"},
+            422: {"description": "invalid input, or a queue not in queue_config.allowed_queues; detail[].loc says"},
+            429: {"description": "too many pending jobs; retry after Retry-After seconds"},
+            507: {"description": "the job store is at its budget; Retry-After: when the next result expires"},
+        },
     )
     async def predict_async(request: Request) -> AsyncAccepted:
         model_name = pick_model(request)
-        job = parse_job(envelope, input_model, parse_json(await request.body()))
+        job = await parse_async(await request.body(), settings.limits, partial(read_job, envelope, input_model, rules))
         try:
             job_id = await runtime.spawn(model_name, job)
         except QueueFull as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
+        except StoreFull as exc:  # not 429: this client's rate is not the cause, and waiting a second will not help
+            raise HTTPException(507, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
         except ServiceUnavailable as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
@@ -84,14 +109,52 @@ def add_async_routes(
         return JSONResponse(view.as_dict(), status_code=202 if view.status in ("queued", "running") else 200)
 
 
+def read_job(envelope: type[BaseModel], input_model: type[BaseModel], rules: JobRules, raw: bytes) -> AsyncRequest:
+    """The job of a `/predict_async` body, or the HTTPException that refuses it."""
+    body = parse_json(raw)  # NaN and Infinity are refused here: they are not JSON, and no queue may receive them
+    check_meta(body, rules.max_meta_bytes)  # before validation, so a huge meta costs no more than its parse
+    job = parse_job(envelope, input_model, body)
+    check_queues(job, rules.allowed_queues)
+    return job
+
+
+def check_meta(body: Any, max_bytes: int) -> None:
+    meta = body.get("meta") if looks_enveloped(body) else None
+    if meta is None:
+        return
+    size = len(pydantic_core.to_json(meta))
+    if size > max_bytes:
+        raise HTTPException(
+            413,
+            f"meta is {size} bytes of JSON; at most {max_bytes} (limits.max_meta_bytes): meta travels with the"
+            " result to its queue, so keep it to ids and small labels, and large data in the message",
+        )
+
+
+def check_queues(job: AsyncRequest, allowed: Sequence[str]) -> None:
+    """Clients name the queue that receives a result: only those `queue_config.allowed_queues` lists."""
+    named = (("success_queue", job.success_queue), ("failure_queue", job.failure_queue))
+    problems = [
+        {"type": "queue_not_allowed", "loc": ["body", field],
+         "msg": f"queue {name!r} is not allowed; queue_config.allowed_queues: {', '.join(allowed) or 'none'}"}
+        for field, name in named
+        if name is not None and not queue_allowed(name, allowed)
+    ]  # fmt: skip
+    if problems:
+        raise HTTPException(422, problems)
+
+
+def looks_enveloped(body: Any) -> bool:
+    return isinstance(body, dict) and "message" in body and ENVELOPE_KEYS.issuperset(body)
+
+
 def parse_job(envelope: type[BaseModel], input_model: type[BaseModel], body: Any) -> AsyncRequest:
     """The job a `/predict_async` body asks for: the bare input, or ModalKit's envelope around it.
 
     A body is read as the envelope when it has `message` and only envelope keys, unless it is a valid
     input of its own and not a valid envelope (an input model may have a field named `message`).
     """
-    looks_enveloped = isinstance(body, dict) and "message" in body and ENVELOPE_KEYS.issuperset(body)
-    first, second = (envelope, input_model) if looks_enveloped else (input_model, None)
+    first, second = (envelope, input_model) if looks_enveloped(body) else (input_model, None)
     try:
         parsed = first.model_validate(body)
     except ValidationError as exc:

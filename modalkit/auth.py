@@ -33,8 +33,19 @@ def resolve_api_key(config: AuthConfig) -> str | None:
     return key
 
 
+_AUTHENTICATED = "modalkit.authenticated"
+
+
+def authenticated(scope: Scope) -> bool:
+    """Whether the request carried the right API key (public routes are called with and without it)."""
+    return scope.get(_AUTHENTICATED) is True
+
+
 class ApiKeyAuth:
-    """Pure ASGI, so it guards every route (docs included unless public) without a task per request."""
+    """Pure ASGI, so it guards every route (docs included unless public) without a task per request.
+
+    A request with the right key is marked `authenticated`, on public routes too: `/health` shows more to it.
+    """
 
     def __init__(self, app: ASGIApp, key: str, header: str, public_routes: list[str]) -> None:
         self.app = app
@@ -44,11 +55,15 @@ class ApiKeyAuth:
         self._name = header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._public:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         given = next((value for name, value in scope["headers"] if name == self._header), None)
         if given is not None and hmac.compare_digest(given, self._key):
+            scope[_AUTHENTICATED] = True
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in self._public:
             await self.app(scope, receive, send)
             return
         detail = f"missing API key: send it in the {self._name} header" if given is None else "invalid API key"

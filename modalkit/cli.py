@@ -28,6 +28,8 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
     import uvicorn
 
     from modalkit.app_loader import find_web_app, import_app
+    from modalkit.config.schema import AppSettings
+    from modalkit.http_edge import edge_protocol, fit_open_files
     from modalkit.logs import configure_logging
 
     configure_logging(log_level)
@@ -37,10 +39,12 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None
     config = getattr(getattr(asgi_app, "state", None), "config", None)
-    grace = config.app_settings.local_config.shutdown_grace_seconds if config is not None else 30.0
+    settings = config.app_settings if config is not None else AppSettings()
+    grace = settings.local_config.shutdown_grace_seconds
+    edge = edge_protocol(settings.limits, fit_open_files(settings.limits.max_connections))
     uvicorn.run(
         asgi_app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
-        timeout_graceful_shutdown=int(grace) or None,
+        timeout_graceful_shutdown=int(grace) or None, http=edge,
     )  # fmt: skip
 
 

@@ -10,7 +10,9 @@ ModalkitError
 ├── BackendError          (also ValueError; ModalKit's name)
 ├── DependencyError       (also ImportError; ModalKit's name)
 ├── TypeValidationError   (also TypeError; ModalKit's name)
-└── AuthConfigError       (also ValueError; ModalKit's name)
+├── AuthConfigError       (also ValueError; ModalKit's name)
+├── StoreFull
+└── DeliveryRefused
 
 ConfigDeprecationWarning  (a FutureWarning)
 ConfigWarning             (a UserWarning)
@@ -93,3 +95,19 @@ class TypeValidationError(ModalkitError, TypeError):
 
 class AuthConfigError(ModalkitError, ValueError):
     """The auth configuration is invalid (ModalKit's name; modalkit reports these as `ConfigError`)."""
+
+
+class StoreFull(ModalkitError):
+    """The local job store is at `queue_config.max_store_rows` or `max_store_bytes` (HTTP 507 with Retry-After).
+
+    `retry_after`: seconds until the next stored result expires and its room is swept.
+    """
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail)
+
+
+class DeliveryRefused(ModalkitError):
+    """A result queue refused a message for good (a Redis key of another type, a message too large, not JSON):
+    the delivery is marked failed rather than retried. A queue backend may raise it too."""

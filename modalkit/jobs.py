@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
+DeliveryState = Literal["pending", "delivered", "failed"]
 PENDING_STATES = ("queued", "running")
 
 
@@ -34,6 +35,7 @@ class JobView:
     error: dict[str, Any] | None = None
     attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    delivery: dict[str, Any] | None = None  # the push to the result queue: {state, attempts, error}
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"job_id": self.job_id, "status": self.status, "attempts": self.attempts}
@@ -41,6 +43,8 @@ class JobView:
             body["result"] = self.result
         if self.status == "failed":
             body["error"] = self.error
+        if self.delivery is not None:
+            body["delivery"] = self.delivery
         return body
 
 

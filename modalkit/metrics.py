@@ -68,6 +68,7 @@ class Observation:
     pools: dict[str, PoolStats] = field(default_factory=dict)
     queue_depth: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, int] = field(default_factory=dict)
+    job_store: dict[str, int] = field(default_factory=dict)  # rows, bytes, file_bytes, max_rows, max_bytes
 
 
 class Metrics:
@@ -118,11 +119,18 @@ class _RuntimeCollector(Collector):
         jobs = GaugeMetricFamily("modalkit_jobs", "async jobs in the store, by state", labels=["state"])
         for state in ("queued", "running", "succeeded", "failed"):
             jobs.add_metric([state], seen.jobs.get(state, 0))
-        return [batch, starts, restarts, cold, warm, depth, jobs]
+        found = [batch, starts, restarts, cold, warm, depth, jobs]
+        if seen.job_store:
+            found.append(GaugeMetricFamily("modalkit_job_store_rows", "jobs in the local job store",
+                                           value=seen.job_store["rows"]))  # fmt: skip
+            found.append(GaugeMetricFamily("modalkit_job_store_bytes", "bytes of the local job store's pages in use",
+                                           value=seen.job_store["bytes"]))  # fmt: skip
+        return found
 
 
 def usage(seen: Observation, app: AppSettings) -> dict[str, Any]:
-    """The `/stats` view: invocations, cold vs warm, their latency percentiles, batch size and cost."""
+    """The `/stats` view: invocations, cold vs warm, their latency percentiles, batch size and cost; locally also
+    the job store's disk use (`job_store`: rows, bytes, file_bytes and their budgets)."""
     requests: Counter[str] = Counter()
     latencies: dict[str, list[float]] = {"cold": [], "warm": []}
     batches = seconds = 0.0
@@ -133,7 +141,7 @@ def usage(seen: Observation, app: AppSettings) -> dict[str, Any]:
         batches += sum(stats.batch_sizes.values())
         seconds += stats.container_time()
     invocations = requests["cold"] + requests["warm"]
-    return {
+    found: dict[str, Any] = {
         "invocations": invocations,
         "cold_starts": requests["cold"],
         "warm_starts": requests["warm"],
@@ -142,6 +150,9 @@ def usage(seen: Observation, app: AppSettings) -> dict[str, Any]:
         "mean_batch_size": round(invocations / batches, 3) if batches else 0.0,
         "cost": estimate_cost(seconds, app),
     }
+    if seen.job_store:
+        found["job_store"] = dict(seen.job_store)
+    return found
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:

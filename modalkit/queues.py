@@ -6,12 +6,14 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any, Protocol, cast
 
 from modalkit import task_queue
 from modalkit.config.schema import BUILTIN_QUEUE_BACKENDS, QueueConfig
 from modalkit.exceptions import ConfigError, TypeValidationError
 from modalkit.sinks.backend import BackendSink, QueueBackend
+from modalkit.sinks.failures import json_message, permanent_reason
 from modalkit.sinks.sqs import SQSSink
 from modalkit.sinks.taskiq import TaskiqBackend
 
@@ -21,7 +23,8 @@ BACKEND_PATH = "app_settings.queue_config.backend"
 
 
 class ResultSink(Protocol):
-    """Pushes are blocking calls; async callers run them in a thread."""
+    """Pushes are blocking calls; async callers run them in a thread. A push that can never succeed raises
+    `DeliveryRefused` (or an error `permanent_reason` knows); any other exception is worth retrying."""
 
     def push(self, queue: str, message: dict[str, Any]) -> None: ...
 
@@ -33,7 +36,7 @@ class MemorySink:
         self.queues: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
 
     def push(self, queue: str, message: dict[str, Any]) -> None:
-        self.queues[queue].append(message)
+        self.queues[queue].append(json.loads(json_message(message)))
 
 
 class RedisSink:
@@ -45,7 +48,7 @@ class RedisSink:
         self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
     def push(self, queue: str, message: dict[str, Any]) -> None:
-        self._client.rpush(queue, json.dumps(message))
+        self._client.rpush(queue, json_message(message))
 
 
 class ModalQueueSink:
@@ -54,6 +57,7 @@ class ModalQueueSink:
     def push(self, queue: str, message: dict[str, Any]) -> None:
         import modal
 
+        json_message(message)  # what every other sink would send: no NaN, nothing that is not JSON
         modal.Queue.from_name(queue, create_if_missing=True).put(message)
 
 
@@ -104,14 +108,23 @@ def _registered(name: str, backend_class: type[Any], config: QueueConfig) -> Que
         ) from exc
 
 
+def queue_allowed(name: str, allowed: Iterable[str]) -> bool:
+    """Whether `queue_config.allowed_queues` lets a client name this queue: exact names, or prefixes ending in "*"."""
+    return any(name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])) for pattern in allowed)
+
+
 def deliver(sink: ResultSink, queue: str, message: dict[str, Any], attempts: int = 5, first_delay: float = 0.2) -> bool:
-    """Push with exponential backoff; False (and logged) if every attempt failed. Never raises."""
+    """Push with exponential backoff; False (and logged) once every try failed or one failed for good. Never raises."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
             sink.push(queue, message)
             return True
         except Exception as exc:
+            reason = permanent_reason(exc)
+            if reason is not None:
+                logger.error("push to queue %r failed for good, not retried: %s", queue, reason)
+                return False
             logger.warning("push to queue %r failed (attempt %d/%d): %s", queue, attempt, attempts, exc)
             if attempt < attempts:
                 time.sleep(delay)

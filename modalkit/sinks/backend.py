@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 from modalkit.exceptions import BackendError
+from modalkit.sinks.failures import json_message
 
 T = TypeVar("T")
 
@@ -67,8 +67,8 @@ async def _cancel_tasks() -> None:
 
 
 class BackendSink:
-    """Pushes each message as `json.dumps(message)`; a False return or an exception makes `push` raise,
-    so `deliver` retries it. Calls run on one long-lived loop, whatever thread pushes."""
+    """Pushes each message as its JSON text; a False return or an exception makes `push` raise, so the push is
+    retried (unless the backend raised `DeliveryRefused`). Calls run on one long-lived loop, whatever thread pushes."""
 
     def __init__(self, backend: QueueBackend, timeout: float = 30.0) -> None:
         self.backend = backend
@@ -76,7 +76,7 @@ class BackendSink:
         self._loop = LoopThread(f"modalkit-queue-{type(backend).__name__}")
 
     def push(self, queue: str, message: dict[str, Any]) -> None:
-        self.send(queue, json.dumps(message))
+        self.send(queue, json_message(message))
 
     def send(self, queue: str, message: str) -> None:
         accepted = self._loop.run(self.backend.send_message(queue, message), self.timeout)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from modalkit import aws
+from modalkit.sinks.failures import json_message
 
 QUEUE_PATH = "app_settings.queue_config.backend"
 
@@ -23,7 +23,7 @@ class SQSSink:
         self._urls: dict[str, str] = {}
 
     def push(self, queue: str, message: dict[str, Any]) -> None:
-        self.send(queue, json.dumps(message))
+        self.send(queue, json_message(message))
 
     def send(self, queue: str, body: str) -> str:
         """Send one body; the SQS MessageId."""

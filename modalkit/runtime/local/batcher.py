@@ -9,6 +9,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanContext
 
+from modalkit.exceptions import ServiceUnavailable
 from modalkit.outcome import Failure
 
 
@@ -27,6 +28,7 @@ class Batcher:
     A batch closes when it holds `max_batch_size` items or `wait_ms` after its first item arrived,
     as `@modal.batched` does. Items queued while every container is busy make the next batch larger.
     Requests go before async jobs (`background`), which fill whatever room a batch has left.
+    At most `max_queued` requests wait; a request whose future is cancelled (its client left) never runs.
     """
 
     def __init__(self, max_batch_size: int, wait_ms: int, max_queued: int | None = None) -> None:
@@ -48,6 +50,14 @@ class Batcher:
     def submit(
         self, item: Any, solo: bool = False, trace: SpanContext | None = None, background: bool = False
     ) -> asyncio.Future[Any]:
+        """The item's future; raises `ServiceUnavailable` when `max_queued` requests already wait."""
+        if not background and self.max_queued is not None and len(self._requests) >= self.max_queued:
+            self._drop_cancelled()
+            if len(self._requests) >= self.max_queued:
+                raise ServiceUnavailable(
+                    f"{len(self._requests)} requests already wait for this model (limits.max_queued_requests); "
+                    "retry later"
+                )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         (self._jobs if background else self._requests).append(Pending(item, future, loop.time(), solo, trace))
@@ -70,7 +80,16 @@ class Batcher:
             if batch:
                 return batch
 
+    def _drop_cancelled(self) -> None:
+        """Forget the requests whose clients left; only when the queue is full, so submit stays O(1)."""
+        live = [p for p in self._requests if not p.future.done()]
+        self._requests.clear()
+        self._requests.extend(live)
+
     def _first(self) -> Pending | None:
+        for queue in (self._requests, self._jobs):
+            while queue and queue[0].future.done():  # a request whose client left: no batch waits for it
+                queue.popleft()
         heads = [q[0] for q in (self._requests, self._jobs) if q]
         return min(heads, key=lambda p: p.arrival) if heads else None
 

@@ -6,18 +6,23 @@ import asyncio
 import contextlib
 import os
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from modalkit.app_loader import ServiceRef
 from modalkit.runtime.local import frames
 
+T = TypeVar("T")
+
+_EXIT_WAIT_S = 2.0  # after a pipe error, how long the process may take to exit before it is killed
+
 
 class ContainerLoadFailed(Exception):
-    """`load_artefacts` raised, or the process died while loading."""
+    """The process could not be started, `load_artefacts` raised, or the process died while loading."""
 
 
 class ContainerDied(Exception):
-    """The process ended while a batch was in flight (crash, OOM kill, SIGKILL)."""
+    """The process ended while a batch was in flight (crash, OOM kill, SIGKILL), or its pipes failed."""
 
 
 class Container:
@@ -26,18 +31,31 @@ class Container:
         self.model_name = model_name
         self.env = {**os.environ, **(env or {})}
         self._proc: asyncio.subprocess.Process | None = None
+        self._exit: asyncio.Task[int] | None = None
         self.load_seconds = 0.0
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def exited(self) -> asyncio.Task[int]:
+        """Done with the exit status as soon as the process ends, whatever it was doing."""
+        assert self._exit is not None, "the container is not started"
+        return self._exit
+
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modalkit.runtime.local.worker",
-            self.ref.app_path, self.ref.attribute, self.model_name,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=self.env,
-        )  # fmt: skip
+        try:
+            # A session of its own: a SIGINT or SIGTERM to the server's process group (Ctrl-C, killpg) leaves
+            # the container running, so the server can drain it; the worker exits when the server dies.
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "modalkit.runtime.local.worker",
+                self.ref.app_path, self.ref.attribute, self.model_name,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=self.env, start_new_session=True,
+            )  # fmt: skip
+        except Exception as exc:  # out of file descriptors or memory, interpreter gone: not the model's fault
+            raise ContainerLoadFailed(f"the container process could not start: {type(exc).__name__}: {exc}") from None
+        self._exit = asyncio.ensure_future(self._proc.wait())
         try:
             kind, info = await self._read()
         except ContainerDied as exc:
@@ -49,13 +67,8 @@ class Container:
 
     async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
         """Send one batch; its results and when inference started and ended (ns). `ContainerDied` if it goes."""
-        assert self._proc is not None and self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(frames.encode(("batch", items, threads)))
-            await self._proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            raise ContainerDied(await self._exit_reason()) from None
-        _, results, inference_ns = await self._read()
+        data = frames.encode(("batch", items, threads))
+        _, results, inference_ns = await self._until_exit(self._exchange(data))
         return results, inference_ns
 
     def kill(self) -> None:
@@ -63,14 +76,13 @@ class Container:
             self._proc.kill()
 
     async def wait(self) -> int:
-        assert self._proc is not None
-        return await self._proc.wait()
+        return await self.exited
 
     async def stop(self, grace: float = 5.0) -> None:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+        with contextlib.suppress(OSError, RuntimeError):  # the pipe is gone: the process is going too
             assert proc.stdin is not None
             proc.stdin.write(frames.encode(("stop",)))
             await proc.stdin.drain()
@@ -81,14 +93,36 @@ class Container:
             proc.kill()
             await proc.wait()
 
+    async def _exchange(self, data: bytes) -> Any:
+        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(data)
+        await self._proc.stdin.drain()
+        return await frames.read_async(self._proc.stdout)
+
     async def _read(self) -> Any:
         assert self._proc is not None and self._proc.stdout is not None
-        try:
-            return await frames.read_async(self._proc.stdout)
-        except (asyncio.IncompleteReadError, ConnectionResetError):
-            raise ContainerDied(await self._exit_reason()) from None
+        return await self._until_exit(frames.read_async(self._proc.stdout))
 
-    async def _exit_reason(self) -> str:
-        assert self._proc is not None
-        code = await self._proc.wait()
-        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    async def _until_exit(self, step: Coroutine[Any, Any, T]) -> T:
+        """`step`'s result, or `ContainerDied` once the process ends: whatever error the dead pipe raises (it
+        differs between event loops), and even while a child it forked holds the pipe open."""
+        task = asyncio.ensure_future(step)
+        try:
+            await asyncio.wait((task, self.exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()  # no-op once done; stops the step if the process ended or the caller was cancelled
+        finished = task.done() and not task.cancelled()
+        error = task.exception() if finished else None
+        if finished and error is None:
+            return task.result()  # a result that arrived as the process exited (a recycle) still counts
+        if not self.exited.done():  # the pipe failed first: the process is usually ending; if not, it is broken
+            await asyncio.wait((self.exited,), timeout=_EXIT_WAIT_S)
+        if not self.exited.done():
+            self.kill()
+            await self.exited
+            raise ContainerDied(f"its pipe failed ({type(error).__name__}: {error}); killed") from None
+        raise ContainerDied(exit_reason(self.exited.result())) from None
+
+
+def exit_reason(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import math
 import sqlite3
+import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
@@ -15,16 +16,18 @@ from pydantic import BaseModel, ValidationError
 
 from modalkit import telemetry
 from modalkit.config.schema import QueueConfig
-from modalkit.exceptions import QueueFull, ServiceUnavailable
-from modalkit.jobs import AsyncRequest, JobState, job_outcome, new_job_id, sink_message
+from modalkit.exceptions import QueueFull, ServiceUnavailable, StoreFull
+from modalkit.jobs import AsyncRequest, JobState, job_outcome, new_job_id
 from modalkit.outcome import Failure
-from modalkit.queues import ResultSink, deliver
+from modalkit.queues import ResultSink
+from modalkit.runtime.local.delivery import Deliveries
 from modalkit.runtime.local.job_store import JobStore, StoredJob
 from modalkit.runtime.local.pool import ContainerPool
 
 logger = logging.getLogger("modalkit.jobs")
 
-_HOUSEKEEPING_S = 10.0
+_SWEEP_ROWS = 500  # expired jobs deleted per step of a sweep; the event loop runs between steps
+_SWEEP_PAGES = 256  # free pages given back to the file system per step
 
 
 class JobDispatcher:
@@ -34,22 +37,25 @@ class JobDispatcher:
         self._pools = pools
         self._input_model = input_model
         self._config = config
-        self._sink = sink
+        self.deliveries = Deliveries(store, sink, config)
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._delivering: set[str] = set()
+        # Expired results outlive their time to live by at most a quarter of it (10 s for long ones).
+        self._sweep_s = min(10.0, max(0.25, config.result_ttl_seconds / 4))
         self._feeder: asyncio.Task[Any] | None = None
         self._housekeeper: asyncio.Task[Any] | None = None
         self.pending = 0
+        self._reserved = 0  # bytes held for the results of pending jobs: as many as their inputs
 
     async def start(self) -> None:
         for job_id in self.store.resume():
             self._ready.put_nowait(job_id)
         self.pending = self.store.pending_count()
+        self._reserved = self.store.pending_bytes()
         if self.pending:
             logger.info("resuming %d queued async jobs", self.pending)
-        self._redeliver()
+        self.deliveries.start()
         self._feeder = self._background(self._feed())
         self._housekeeper = self._background(self._housekeeping())
 
@@ -67,21 +73,51 @@ class JobDispatcher:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.deliveries.stop()
 
     def accept(self, model_name: str, request: AsyncRequest) -> str:
-        """Store the job (committed before this returns) and queue it; raises `QueueFull` past max_pending."""
+        """Store the job (committed before this returns) and queue it; raises `QueueFull` past max_pending and
+        `StoreFull` past the store's budget."""
         if self.pending >= self._config.max_pending:
             raise QueueFull(f"{self.pending} async jobs are pending (queue_config.max_pending); retry later")
+        payload = request.message.model_dump_json()
+        size = len(payload.encode())
+        self._check_room(size)
         job_id = new_job_id()
         trace_context = telemetry.inject_current()  # the job's span joins the trace of the request that made it
         try:
-            self.store.insert(job_id, model_name, request.message.model_dump_json(), request, trace_context)
+            self.store.insert(job_id, model_name, payload, request, trace_context)
         except sqlite3.Error as exc:  # disk full, read-only, locked: refuse the job, keep the store intact
             logger.error("job store refused a job: %s", exc)
             raise ServiceUnavailable(f"the job store cannot take the job ({exc}); retry later") from None
         self.pending += 1
+        self._reserved += size
         self._ready.put_nowait(job_id)
         return job_id
+
+    def _check_room(self, payload_bytes: int) -> None:
+        """Finished jobs keep their results for result_ttl_seconds: the budget bounds the disk, whatever the rate.
+
+        A job needs room for its input now and for its result later, which is reckoned as large as the input.
+        """
+        config, used = self._config, self.store.usage()
+        if used.rows >= config.max_store_rows:
+            held = f"{used.rows} jobs (queue_config.max_store_rows is {config.max_store_rows})"
+        elif used.bytes + self._reserved + 2 * payload_bytes > config.max_store_bytes:
+            held = (
+                f"{used.bytes} bytes and keeps {self._reserved} for the results of pending jobs; this job needs"
+                f" {2 * payload_bytes} (queue_config.max_store_bytes is {config.max_store_bytes})"
+            )
+        else:
+            return
+        next_expiry = self.store.next_expiry()
+        wait = (next_expiry - time.time() if next_expiry is not None else config.result_ttl_seconds) + self._sweep_s
+        retry_after = max(1, math.ceil(wait))
+        raise StoreFull(
+            f"the job store is full: it holds {held}; finished results are kept for queue_config.result_ttl_seconds"
+            f" ({config.result_ttl_seconds} s), and the next one expires in about {retry_after} s: retry then",
+            retry_after,
+        )
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -141,38 +177,28 @@ class JobDispatcher:
         if not self.store.finish(job.job_id, status, outcome, self._config.result_ttl_seconds, queue is not None):
             return
         self.pending -= 1
+        self._reserved -= len(job.payload.encode())
         if queue is not None:
-            await self._deliver(job.job_id)
-
-    async def _deliver(self, job_id: str) -> None:
-        job = self.store.get(job_id)
-        if job is None or job_id in self._delivering:
-            return
-        request = job.request
-        queue = request.success_queue if job.status == "succeeded" else request.failure_queue
-        if queue is None:
-            return
-        style = self._config.message_format
-        message = sink_message(job_id, request, job.status, job.outcome, json.loads(job.payload), style)
-        self._delivering.add(job_id)
-        try:
-            if await asyncio.to_thread(deliver, self._sink, queue, message):
-                self.store.delivered(job_id)
-            else:
-                logger.error("job %s: result kept in the store, push to %r retried later", job_id, queue)
-        finally:
-            self._delivering.discard(job_id)
-
-    def _redeliver(self) -> None:
-        for job_id in self.store.undelivered():
-            if job_id not in self._delivering:
-                self._background(self._deliver(job_id))
+            self.deliveries.schedule(job.job_id, queue)
 
     async def _housekeeping(self) -> None:
         while True:
-            self.store.purge_expired()
-            self._redeliver()
-            await asyncio.sleep(_HOUSEKEEPING_S)
+            try:
+                await self._sweep()
+            except sqlite3.Error as exc:  # a full or read-only disk: the next sweep tries again
+                logger.error("sweeping the job store failed: %s", exc)
+            await asyncio.sleep(self._sweep_s)
+
+    async def _sweep(self) -> None:
+        """Delete the jobs past their time to live and give their pages back, a step at a time."""
+        while self.store.purge_expired(_SWEEP_ROWS) == _SWEEP_ROWS:
+            await asyncio.sleep(0)
+        free = self.store.reclaim(_SWEEP_PAGES)
+        while free:
+            await asyncio.sleep(0)
+            free, before = self.store.reclaim(_SWEEP_PAGES), free
+            if free >= before:  # nothing more to give back
+                break
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable
 from typing import Any
 
@@ -67,12 +68,25 @@ class LocalRuntime:
             pools={name: pool.stats for name, pool in self.pools.items()},
             queue_depth={name: len(pool.batcher) for name, pool in self.pools.items()},
             jobs=self.jobs.store.counts() if self.jobs else {},
+            job_store=self._store_usage(),
         )
 
     def health(self) -> dict[str, Any]:
-        jobs = {"pending": self.jobs.pending, **self.jobs.store.counts()} if self.jobs else {}
+        models = {name: pool.health() for name, pool in self.pools.items()}
+        body: dict[str, Any] = {"runtime": "local", "models": models}
+        if self.jobs is not None:
+            body["jobs"] = {"pending": self.jobs.pending, **self.jobs.store.counts()}
+            body["deliveries"] = self.jobs.store.delivery_counts()
+            body["job_store"] = self._store_usage()
+        return body
+
+    def _store_usage(self) -> dict[str, int]:
+        """The job store's disk use and its budget (`queue_config.max_store_rows`, `max_store_bytes`)."""
+        if self.jobs is None:
+            return {}
+        used, budget = self.jobs.store.usage(), self.config.app_settings.queue_config
         return {
-            "runtime": "local",
-            "models": {name: pool.health() for name, pool in self.pools.items()},
-            "jobs": jobs,
+            **dataclasses.asdict(used),
+            "max_rows": budget.max_store_rows,
+            "max_bytes": budget.max_store_bytes,
         }

@@ -1,12 +1,15 @@
 """A local container: a process that runs `load_artefacts` once, then serves batches until stopped.
 
 Run by the container pool as `python -m modalkit.runtime.local.worker APP_PATH ATTRIBUTE MODEL_NAME`;
-frames arrive on stdin and leave on stdout, and anything the model prints goes to stderr.
+frames arrive on stdin and leave on stdout, and anything the model prints goes to stderr. The server alone
+decides when a container stops: it ends at a "stop" frame, at the end of stdin, or when the server dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 import time
 from typing import IO, Any
@@ -19,10 +22,12 @@ from modalkit.outcome import Encoded, Failure, Reported
 from modalkit.runtime.local import frames
 
 EXIT_RECYCLE = 75
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def main(argv: list[str]) -> int:
     app_path, attribute, model_name = argv
+    _live_and_die_with_the_server()
     frames_in, frames_out = _take_over_stdio()
     started = time.perf_counter()
     try:
@@ -45,6 +50,25 @@ def main(argv: list[str]) -> int:
         _send(frames_out, ("results", results, (started_ns, time.time_ns())), fallback_size=len(items))
         if any(isinstance(r, Failure) and r.recycles_container for r in results):
             return EXIT_RECYCLE
+
+
+def _live_and_die_with_the_server() -> None:
+    """A SIGINT or SIGTERM meant for the server (systemd signals every process of the service) must not kill
+    the batch in flight: the server drains its containers, then stops them. A killed server kills them."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _ignore)
+    os.register_at_fork(after_in_child=_default_signals)  # processes the model forks keep the usual signals
+    if sys.platform == "linux":  # even mid-batch or mid-load, when the end of stdin would not be read yet
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass  # a handler rather than SIG_IGN: a program the model runs (exec) starts with the default again
+
+
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def _use_threads(threads: int) -> None:
