@@ -166,5 +166,4 @@ def parse_job(envelope: type[BaseModel], input_model: type[BaseModel], body: Any
             raise HTTPException(422, located(exc, ["body"])) from None
     if first is input_model:
         return AsyncRequest(parsed)
-    queues = (getattr(parsed, "success_queue", None) or None, getattr(parsed, "failure_queue", None) or None)
-    return AsyncRequest(parsed.message, *queues, getattr(parsed, "meta", None) or None)  # type: ignore[attr-defined]
+    return AsyncRequest.from_envelope(parsed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -11,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modalkit import aws
 from modalkit.config.schema import AuthConfig
 from modalkit.exceptions import ConfigError
+from modalkit.http_body import send_error
 
 
 def resolve_api_key(config: AuthConfig) -> str | None:
@@ -67,11 +67,4 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         detail = f"missing API key: send it in the {self._name} header" if given is None else "invalid API key"
-        body = json.dumps({"detail": detail}).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", self._name.encode())],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, detail, ((b"www-authenticate", self._name.encode()),))

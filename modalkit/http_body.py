@@ -56,16 +56,17 @@ class BodyTypeCheck:
                 if name == b"content-type":
                     problem = unsupported_body_type(value)
                     if problem is not None:
-                        await _send_error(send, 415, problem)
+                        await send_error(send, 415, problem)
                         return
                     break
         await self.app(scope, receive, send)
 
 
-async def _send_error(send: Send, status: int, detail: str) -> None:
+async def send_error(send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """A `{"detail": ...}` answer sent straight from ASGI middleware, before any route runs."""
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -26,6 +26,13 @@ class AsyncRequest:
     failure_queue: str | None = None
     meta: dict[str, Any] | None = None
 
+    @classmethod
+    def from_envelope(cls, envelope: Any) -> AsyncRequest:
+        """From ModalKit's `{message, success_queue, failure_queue, meta}` (a model with those fields):
+        an empty queue name or meta means none."""
+        queues = (getattr(envelope, "success_queue", None) or None, getattr(envelope, "failure_queue", None) or None)
+        return cls(envelope.message, *queues, getattr(envelope, "meta", None) or None)
+
 
 @dataclass
 class JobView:

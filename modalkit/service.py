@@ -254,8 +254,7 @@ def async_request(input_data: Any) -> AsyncRequest:
     if isinstance(input_data, AsyncRequest):
         return input_data
     if isinstance(input_data, AsyncInputModel):
-        return AsyncRequest(input_data.message, input_data.success_queue or None, input_data.failure_queue or None,
-                            input_data.meta or None)  # fmt: skip
+        return AsyncRequest.from_envelope(input_data)
     return AsyncRequest(input_data)
 
 
