@@ -18,16 +18,12 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 
-from modalkit.exceptions import ModalkitError
+from modalkit.exceptions import BulkStopped
 from modalkit.http_body import encode
 from modalkit.outcome import Failure
 
 Submit = Callable[[Any], Awaitable[Any]]
 ATTEMPTS = 3
-
-
-class BulkStopped(ModalkitError):
-    """The runtime kept failing (not the items): the output holds every line answered before this."""
 
 
 async def _answer(submit: Submit, item: Any) -> Any:

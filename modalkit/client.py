@@ -21,28 +21,11 @@ from typing import Any
 
 import httpx
 
-from modalkit.exceptions import ModalkitError
+from modalkit.exceptions import ClientError, DeadlineExceeded, JobFailed
+
+__all__ = ["AsyncClient", "Client", "ClientError", "DeadlineExceeded", "JobFailed", "RetryPolicy"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-class ClientError(ModalkitError):
-    """The server answered with an error that retrying did not (or could not) fix."""
-
-    def __init__(self, status_code: int, detail: Any) -> None:
-        self.status_code = status_code
-        self.detail = detail
-        super().__init__(f"HTTP {status_code}: {detail}")
-
-
-class DeadlineExceeded(ModalkitError):
-    """The call's total deadline passed before an answer came."""
-
-
-class JobFailed(ModalkitError):
-    def __init__(self, job: dict[str, Any]) -> None:
-        self.job = job
-        super().__init__(f"job {job.get('job_id')} failed: {job.get('error')}")
 
 
 @dataclass

@@ -12,13 +12,22 @@ ModalkitError
 ├── TypeValidationError   (also TypeError; ModalKit's name)
 ├── AuthConfigError       (also ValueError; ModalKit's name)
 ├── StoreFull
-└── DeliveryRefused
+├── DeliveryRefused
+├── ContainerLoadFailed   (local runtime: a container could not start or load)
+├── ContainerDied         (local runtime: a container ended while running a batch)
+├── ClientError           (the client: an HTTP error answer)
+├── DeadlineExceeded      (the client: no result in time)
+├── JobFailed             (the client: an async job failed)
+├── BulkStopped           (bulk runs: the run cannot go on)
+├── ConfigDeprecationWarning  (also a FutureWarning)
+└── ConfigWarning             (also a UserWarning)
 
-ConfigDeprecationWarning  (a FutureWarning)
-ConfigWarning             (a UserWarning)
+The two warnings are ModalkitErrors too, so that under `-W error` they are caught like any other modalkit error.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ModalkitError(Exception):
@@ -33,7 +42,7 @@ class ConfigError(ModalkitError):
         super().__init__("invalid modalkit configuration:\n  " + "\n  ".join(problems))
 
 
-class ConfigDeprecationWarning(FutureWarning):
+class ConfigDeprecationWarning(ModalkitError, FutureWarning):
     """An old config key was used; shown by default (unlike DeprecationWarning) so users see the new name."""
 
     def __init__(self, old: str, new: str, where: str = "modalkit config") -> None:
@@ -45,7 +54,7 @@ class ConfigDeprecationWarning(FutureWarning):
         return ConfigDeprecationWarning(self.old, self.new, where)
 
 
-class ConfigWarning(UserWarning):
+class ConfigWarning(ModalkitError, UserWarning):
     """A config value is accepted but not used as written (the message says what happens instead)."""
 
     def __init__(self, key: str, message: str, where: str = "modalkit config") -> None:
@@ -111,3 +120,36 @@ class StoreFull(ModalkitError):
 class DeliveryRefused(ModalkitError):
     """A result queue refused a message for good (a Redis key of another type, a message too large, not JSON):
     the delivery is marked failed rather than retried. A queue backend may raise it too."""
+
+
+class ContainerLoadFailed(ModalkitError):
+    """The process could not be started, `load_artefacts` raised, or the process died while loading."""
+
+
+class ContainerDied(ModalkitError):
+    """The process ended while a batch was in flight (crash, OOM kill, SIGKILL), or its pipes failed."""
+
+
+class ClientError(ModalkitError):
+    """The server answered with an error that retrying did not (or could not) fix."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"HTTP {status_code}: {detail}")
+
+
+class DeadlineExceeded(ModalkitError):
+    """The call's total deadline passed before an answer came."""
+
+
+class JobFailed(ModalkitError):
+    """An async job ended as failed; `job` is its status body, whose `error` is `{status_code, detail}`."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        super().__init__(f"job {job.get('job_id')} failed: {job.get('error')}")
+
+
+class BulkStopped(ModalkitError):
+    """The runtime kept failing (not the items): the output holds every line answered before this."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from pydantic import BaseModel
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 DeliveryState = Literal["pending", "delivered", "failed"]
@@ -34,24 +36,42 @@ class AsyncRequest:
         return cls(envelope.message, *queues, getattr(envelope, "meta", None) or None)
 
 
-@dataclass
-class JobView:
+class Delivery(BaseModel):
+    """The push of a job's result to the queue it named."""
+
+    state: DeliveryState
+    queue: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class Job(BaseModel):
+    """An async job as `GET /predict_async/{job_id}` answers it, and as every runtime reports it.
+
+    `result` only once succeeded; `error` (`{status_code, detail}`, see `modalkit.outcome.failure_body`) only
+    once failed; `delivery` only when the job named a queue for its result.
+    """
+
     job_id: str
     status: JobState
+    attempts: int = 0
     result: Any = None
     error: dict[str, Any] | None = None
-    attempts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    delivery: dict[str, Any] | None = None  # the push to the result queue: {state, attempts, error}
+    delivery: Delivery | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def pending(self) -> bool:
+        return self.status in PENDING_STATES
+
+    def answer(self) -> dict[str, Any]:
+        """The response body: only the fields that apply to the job's state."""
         body: dict[str, Any] = {"job_id": self.job_id, "status": self.status, "attempts": self.attempts}
         if self.status == "succeeded":
             body["result"] = self.result
         if self.status == "failed":
             body["error"] = self.error
         if self.delivery is not None:
-            body["delivery"] = self.delivery
+            body["delivery"] = self.delivery.model_dump(exclude_none=True)
         return body
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from modalkit.config import ModalConfig
 from modalkit.jobs import AsyncRequest, JobView
-from modalkit.metrics import Observation
+from modalkit.observation import Observation
 
 
 class Runtime(Protocol):

@@ -6,7 +6,7 @@ from typing import Any
 
 from modalkit.exceptions import JobExpired
 from modalkit.jobs import AsyncRequest, JobView, job_outcome
-from modalkit.metrics import Observation
+from modalkit.observation import Observation
 from modalkit.outcome import Failure
 
 

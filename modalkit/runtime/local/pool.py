@@ -19,7 +19,7 @@ from typing import Any
 from modalkit import telemetry
 from modalkit.app_loader import ServiceRef
 from modalkit.config import ModalConfig
-from modalkit.metrics import PoolStats
+from modalkit.observation import PoolStats
 from modalkit.outcome import Failure
 from modalkit.runtime.local.batcher import Batcher, Pending, resolve
 from modalkit.runtime.local.container import Container, ContainerDied, ContainerLoadFailed, exit_reason

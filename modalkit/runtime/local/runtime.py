@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from modalkit.app_loader import service_ref, user_class
 from modalkit.config import ModalConfig
 from modalkit.jobs import AsyncRequest, JobView
-from modalkit.metrics import Observation
+from modalkit.observation import Observation
 from modalkit.queues import ResultSink, make_sink
 from modalkit.runtime.local.dispatcher import JobDispatcher
 from modalkit.runtime.local.job_store import JobStore
