@@ -24,7 +24,7 @@ from modalkit.auth import ApiKeyAuth, authenticated, resolve_api_key
 from modalkit.exceptions import ServiceUnavailable
 from modalkit.http_body import BodyTypeCheck, encode, parse_async, parse_input_async, parse_inputs
 from modalkit.metrics import Metrics, usage
-from modalkit.outcome import Failure
+from modalkit.outcome import Failure, http_status
 from modalkit.runtime import Runtime, select_runtime
 from modalkit.service import ModalService
 from modalkit.telemetry import configure_tracing
@@ -134,9 +134,10 @@ def create_web_endpoints(
         item = await parse_input_async(input_model, await request.body(), limits)
         result = await answered(request, chosen.submit(name, item), limits.request_timeout_seconds)
         if isinstance(result, Failure):
-            if result.status_code >= 500:
-                logger.warning("predict on %r failed (%d): %s", name, result.status_code, result.detail)
-            raise HTTPException(result.status_code, result.detail)
+            status = http_status(result)
+            if status >= 500:
+                logger.warning("predict on %r failed (%d): %s", name, status, result.detail)
+            raise HTTPException(status, result.detail)
         return Response(encode(result), media_type="application/json")
 
     for path in ("/predict", "/predict_sync"):
@@ -167,7 +168,7 @@ def create_web_endpoints(
         results = await answered(request, pending, limits.request_timeout_seconds)
         for index, result in zip(valid, results, strict=True):
             failed = isinstance(result, Failure)
-            answers[index] = encode(_item_error(result.status_code, result.detail) if failed else result)
+            answers[index] = encode(_item_error(http_status(result), result.detail) if failed else result)
         return Response(b"[" + b",".join(answers) + b"]", media_type="application/json")
 
     add_async_routes(app, chosen, input_model, pick_model, body_doc, settings=config.app_settings)
