@@ -71,18 +71,3 @@ def load_service(ref: ServiceRef) -> Any:
         return getattr(module, ref.attribute)
     except AttributeError:
         raise AppLoadError(f"{ref.app_path} has no attribute {ref.attribute!r}") from None
-
-
-def find_web_app(module: ModuleType) -> Any:
-    """The ASGI app of the module's `@modal.asgi_app()` function (or a FastAPI app at top level)."""
-    import modal
-
-    for value in vars(module).values():
-        if isinstance(value, modal.Function) and value._is_web_endpoint():
-            return value.local()
-    from fastapi import FastAPI
-
-    for value in vars(module).values():
-        if isinstance(value, FastAPI):
-            return value
-    raise AppLoadError(f"{module.__file__} defines no @modal.asgi_app() function and no FastAPI app")

@@ -19,14 +19,13 @@ from typing import IO, Any
 from pydantic import BaseModel, ValidationError
 
 from modalkit.exceptions import BulkStopped
-from modalkit.http_body import encode
-from modalkit.outcome import Failure
+from modalkit.outcome import Failure, encode, failure_body
 
 Submit = Callable[[Any], Awaitable[Any]]
 ATTEMPTS = 3
 
 
-async def _answer(submit: Submit, item: Any) -> Any:
+async def _answer_with_retries(submit: Submit, item: Any) -> Any:
     for attempt in range(1, ATTEMPTS + 1):
         result = await submit(item)
         if not (isinstance(result, Failure) and result.transient):
@@ -50,7 +49,7 @@ def completed_lines(output: Path) -> int:
 
 def answer_line(result: Any) -> bytes:
     if isinstance(result, Failure):
-        return json.dumps({"error": {"status_code": result.status_code, "detail": result.detail}}).encode()
+        return json.dumps({"error": failure_body(result)}).encode()
     return encode(result)
 
 
@@ -59,11 +58,17 @@ def parse_line(input_model: type[BaseModel], line: str) -> Any:
         return input_model.model_validate_json(line)
     except ValidationError as exc:
         problems = exc.errors(include_url=False, include_input=False)
-        return Failure(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in problems))
+        return Failure("rejected", "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in problems))
 
 
-async def run_file(source: Path, output: Path, submit: Submit, input_model: type[BaseModel], window: int,
-                   progress: Callable[[int], None] | None = None) -> dict[str, float]:  # fmt: skip
+async def run_file(
+    source: Path,
+    output: Path,
+    submit: Submit,
+    input_model: type[BaseModel],
+    window: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     """Run every line of `source` not yet answered in `output`, `window` in flight; returns counts and rate."""
     skip = completed_lines(output)
     done = errors = 0
@@ -80,10 +85,8 @@ async def run_file(source: Path, output: Path, submit: Submit, input_model: type
                 progress(1)
 
         try:
-            for line in _lines(lines, skip):
-                item = parse_line(input_model, line)
-                answer = _resolved(item) if isinstance(item, Failure) else asyncio.ensure_future(_answer(submit, item))
-                in_flight.append(answer)
+            for line in _unanswered_lines(lines, skip):
+                in_flight.append(_answer_of(submit, parse_line(input_model, line)))
                 if len(in_flight) >= window:
                     write(await in_flight.popleft())
                     sink.flush()
@@ -98,12 +101,15 @@ async def run_file(source: Path, output: Path, submit: Submit, input_model: type
     return {"skipped": skip, "done": done, "errors": errors, "items_per_s": done / elapsed if elapsed else 0.0}
 
 
-def _lines(lines: IO[str], skip: int) -> Iterator[str]:
+def _unanswered_lines(lines: IO[str], skip: int) -> Iterator[str]:
     """Non-blank lines after the first `skip` of them (blank lines get no answer line)."""
     return itertools.islice((line for line in lines if line.strip()), skip, None)
 
 
-def _resolved(value: Any) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
+def _answer_of(submit: Submit, item: Any) -> asyncio.Future[Any]:
+    """The answer to one line: a line that did not parse is answered at once, others run with retries."""
+    if isinstance(item, Failure):
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        answered.set_result(item)
+        return answered
+    return asyncio.ensure_future(_answer_with_retries(submit, item))

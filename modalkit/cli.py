@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from modalkit.exceptions import ModalkitError
+from modalkit.exceptions import BulkStopped, ModalkitError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from modalkit.runtime import Runtime
+
+INPUT_HELP = "JSONL: one input per line."
+OUTPUT_HELP = "JSONL: line i answers input line i; an existing file is resumed."
 
 
 @click.group()
@@ -27,85 +36,69 @@ def serve(app_path: str, host: str, port: int, config_files: str | None, log_lev
     """Serve APP_PATH (a file with a ModalService and an @modal.asgi_app function) on the local runtime."""
     import uvicorn
 
-    from modalkit.app_loader import find_web_app, import_app
     from modalkit.config.schema import AppSettings
     from modalkit.http_edge import edge_protocol, fit_open_files
     from modalkit.logs import configure_logging
+    from modalkit.web import served_by
 
     configure_logging(log_level)
-    _choose_config(app_path, config_files)
-    try:
-        asgi_app = find_web_app(import_app(app_path))
-    except ModalkitError as exc:
-        raise click.ClickException(str(exc)) from None
-    config = getattr(getattr(asgi_app, "state", None), "config", None)
-    settings = config.app_settings if config is not None else AppSettings()
+    asgi_app = _load_web_app(app_path, config_files)
+    served = served_by(asgi_app)  # None for a plain FastAPI app: the default settings then
+    settings = served.settings if served is not None else AppSettings()
     grace = settings.local_config.shutdown_grace_seconds
     edge = edge_protocol(settings.limits, fit_open_files(settings.limits.max_connections))
     uvicorn.run(
-        asgi_app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
-        timeout_graceful_shutdown=int(grace) or None, http=edge,
-    )  # fmt: skip
+        asgi_app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(grace) or None,
+        http=edge,
+    )
 
 
 @main.command()
 @click.argument("app_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSONL: one input per line.")  # fmt: skip
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
-              help="JSONL: line i answers input line i; an existing file is resumed.")  # fmt: skip
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False), help=INPUT_HELP)
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help=OUTPUT_HELP)
 @click.option("--config", "config_files", help="Config file(s), comma-separated; default: modalkit.yaml.")
 @click.option("--model-name", help="The model entry to run; default: the service's.")
 @click.option("--window", type=int, help="Items in flight; default: two full batches per container.")
 @click.option("--modal", "on_modal", is_flag=True, help="Run on the deployed app (modal deploy) instead of locally.")
-def run(app_path: str, input_path: str, output_path: str, config_files: str | None, model_name: str | None,
-        window: int | None, on_modal: bool) -> None:  # fmt: skip
+def run(
+    app_path: str,
+    input_path: str,
+    output_path: str,
+    config_files: str | None,
+    model_name: str | None,
+    window: int | None,
+    on_modal: bool,
+) -> None:
     """Bulk inference over a JSONL file: batched, in order, resumable; locally, or on Modal with --modal."""
     import asyncio
 
-    from tqdm import tqdm
-
-    from modalkit.app_loader import find_web_app, import_app
-    from modalkit.bulk import BulkStopped, completed_lines, run_file
     from modalkit.logs import configure_logging
+    from modalkit.runtime import select_runtime
+    from modalkit.runtime.capacity import in_flight_window
+    from modalkit.web import served_by
 
     configure_logging("warning")
-    _choose_config(app_path, config_files)
+    served = served_by(_load_web_app(app_path, config_files))
+    if served is None:
+        raise click.ClickException(f"{app_path}: its web app was not made by modalkit's create_web_endpoints")
     try:
-        state = find_web_app(import_app(app_path)).state
+        name = served.model_check(model_name)
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None
-    runtime, config = state.runtime, state.config
-    name = model_name or state.default_model
-    known = config.model_names() or [state.default_model]
-    if name not in known:
-        raise click.ClickException(f"unknown model entry {name!r}; known: {', '.join(known)}")
-    deploy = config.app_settings.deployment_config
-    in_flight = window or 2 * config.app_settings.batch_config.max_batch_size * (deploy.max_containers or 1)
-    if on_modal:
-        import modal
-
-        from modalkit.app_loader import user_class
-        from modalkit.runtime.modal import ModalRuntime
-
-        # The deployed class, looked up by app and class name; Modal batches the inputs with @modal.batched.
-        deployed = modal.Cls.from_name(config.app_name, user_class(state.service).__name__)
-        runtime = ModalRuntime(deployed, [name], local=state.service)
+    runtime = served.runtime
+    if on_modal:  # the deployed class, looked up by app and class name; Modal batches with @modal.batched
+        runtime = select_runtime(served.service, served.config, [name], served.input_model, deployed=True)
     source, output = Path(input_path), Path(output_path)
-    total = sum(1 for line in source.open() if line.strip())
-
-    async def go() -> dict[str, float]:
-        await runtime.start()
-        try:
-            with tqdm(total=total, initial=completed_lines(output), unit="item", file=sys.stderr) as bar:
-                return await run_file(
-                    source, output, lambda item: runtime.submit(name, item), state.input_model, in_flight, bar.update
-                )
-        finally:
-            await runtime.stop()
-
+    in_flight = window or in_flight_window(served.config)
     try:
-        result = asyncio.run(go())
+        result = asyncio.run(_run_bulk(runtime, name, served.input_model, source, output, in_flight))
     except BulkStopped as exc:
         raise click.ClickException(
             f"stopped: {exc}; {output} holds every line answered so far, run again to resume"
@@ -197,6 +190,36 @@ def config(config_files: str | None, check: bool) -> None:
     click.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
     click.echo("# Modal arguments")
     click.echo(yaml.safe_dump(modal_args, sort_keys=False), nl=False)
+
+
+async def _run_bulk(
+    runtime: Runtime, name: str, input_model: type[BaseModel], source: Path, output: Path, in_flight: int
+) -> dict[str, float]:
+    """Every line of `source` not yet answered in `output`, through `runtime`, with a progress bar."""
+    from tqdm import tqdm
+
+    from modalkit.bulk import completed_lines, run_file
+
+    total = sum(1 for line in source.open() if line.strip())
+    await runtime.start()
+    try:
+        with tqdm(total=total, initial=completed_lines(output), unit="item", file=sys.stderr) as bar:
+            submit = partial(runtime.submit, name)
+            return await run_file(source, output, submit, input_model, in_flight, bar.update)
+    finally:
+        await runtime.stop()
+
+
+def _load_web_app(app_path: str, config_files: str | None) -> Any:
+    """The web app of APP_PATH, with its config chosen as `_choose_config` says."""
+    from modalkit.app_loader import import_app
+    from modalkit.web.loading import find_web_app
+
+    _choose_config(app_path, config_files)
+    try:
+        return find_web_app(import_app(app_path))
+    except ModalkitError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _choose_config(app_path: str, config_files: str | None) -> None:

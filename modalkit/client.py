@@ -48,10 +48,19 @@ class RetryPolicy:
         return planned
 
 
-class _Base:
-    def __init__(self, base_url: str, *, api_key: str | None = None, api_key_header: str = "x-api-key",
-                 modal_key: str | None = None, modal_secret: str | None = None, timeout: float = 30.0,
-                 deadline: float = 120.0, retry: RetryPolicy | None = None) -> None:  # fmt: skip
+class _ClientBase:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        api_key_header: str = "x-api-key",
+        modal_key: str | None = None,
+        modal_secret: str | None = None,
+        timeout: float = 30.0,
+        deadline: float = 120.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         headers = {}
         if api_key is not None:
             headers[api_key_header] = api_key
@@ -68,7 +77,7 @@ class _Base:
         """Calls sent, succeeded, failed and retried by this client."""
         return {key: self.counts[key] for key in ("sent", "succeeded", "failed", "retried")}
 
-    def _outcome(self, response: httpx.Response) -> Any:
+    def _answer_or_raise(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             self.counts["failed"] += 1
             try:
@@ -94,7 +103,7 @@ class _Base:
         self.counts["retried"] += 1
         return delay
 
-    def _job_poll(self, job: dict[str, Any], give_up: float, wait: bool, poll_interval: float) -> bool:
+    def _stop_polling(self, job: dict[str, Any], give_up: float, wait: bool, poll_interval: float) -> bool:
         """True when `job` is the answer; raises JobFailed, or DeadlineExceeded past the deadline."""
         if job["status"] == "failed":
             raise JobFailed(job)
@@ -105,18 +114,19 @@ class _Base:
         return False
 
     @staticmethod
-    def _params(model_name: str | None) -> dict[str, str]:
+    def _model_query(model_name: str | None) -> dict[str, str]:
         return {"model_name": model_name} if model_name else {}
 
     @staticmethod
-    def _envelope(data: Any, success_queue: str | None, failure_queue: str | None,
-                  meta: dict[str, Any] | None) -> Any:  # fmt: skip
+    def _async_body(
+        data: Any, success_queue: str | None, failure_queue: str | None, meta: dict[str, Any] | None
+    ) -> Any:
         if success_queue is None and failure_queue is None and meta is None:
             return data
         return {"message": data, "success_queue": success_queue, "failure_queue": failure_queue, "meta": meta}
 
 
-class Client(_Base):
+class Client(_ClientBase):
     """Blocking client; a context manager."""
 
     def __init__(self, base_url: str, **options: Any) -> None:
@@ -133,26 +143,37 @@ class Client(_Base):
         self._http.close()
 
     def predict(self, data: Any, model_name: str | None = None) -> Any:
-        return self._call("POST", "/predict", json=data, params=self._params(model_name))
+        return self._request_with_retries("POST", "/predict", json=data, params=self._model_query(model_name))
 
     def predict_batch(self, items: list[Any], model_name: str | None = None) -> list[Any]:
-        return self._call("POST", "/predict_batch", json=items, params=self._params(model_name))  # type: ignore[no-any-return]
+        outputs: list[Any] = self._request_with_retries(
+            "POST", "/predict_batch", json=items, params=self._model_query(model_name)
+        )
+        return outputs
 
-    def submit(self, data: Any, *, success_queue: str | None = None, failure_queue: str | None = None,
-               meta: dict[str, Any] | None = None, model_name: str | None = None) -> str:  # fmt: skip
-        body = self._envelope(data, success_queue, failure_queue, meta)
-        return str(self._call("POST", "/predict_async", json=body, params=self._params(model_name))["job_id"])
+    def submit(
+        self,
+        data: Any,
+        *,
+        success_queue: str | None = None,
+        failure_queue: str | None = None,
+        meta: dict[str, Any] | None = None,
+        model_name: str | None = None,
+    ) -> str:
+        body = self._async_body(data, success_queue, failure_queue, meta)
+        answer = self._request_with_retries("POST", "/predict_async", json=body, params=self._model_query(model_name))
+        return str(answer["job_id"])
 
     def result(self, job_id: str, wait: bool = True, poll_interval: float = 0.2) -> dict[str, Any]:
         """The job's status; with wait=True, polls until it finished (JobFailed if it failed)."""
         give_up = time.monotonic() + self.deadline
         while True:
-            job: dict[str, Any] = self._call("GET", f"/predict_async/{job_id}")
-            if self._job_poll(job, give_up, wait, poll_interval):
+            job: dict[str, Any] = self._request_with_retries("GET", f"/predict_async/{job_id}")
+            if self._stop_polling(job, give_up, wait, poll_interval):
                 return job
             time.sleep(poll_interval)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request_with_retries(self, method: str, path: str, **kwargs: Any) -> Any:
         give_up, plan = time.monotonic() + self.deadline, self.retry.delays()
         while True:
             response: httpx.Response | None = None
@@ -161,11 +182,11 @@ class Client(_Base):
             delay = self._retry_after(plan, give_up, response)
             if delay is None:
                 assert response is not None
-                return self._outcome(response)
+                return self._answer_or_raise(response)
             time.sleep(delay)
 
 
-class AsyncClient(_Base):
+class AsyncClient(_ClientBase):
     """The same calls for asyncio code; an async context manager."""
 
     def __init__(self, base_url: str, **options: Any) -> None:
@@ -182,26 +203,38 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def predict(self, data: Any, model_name: str | None = None) -> Any:
-        return await self._call("POST", "/predict", json=data, params=self._params(model_name))
+        return await self._request_with_retries("POST", "/predict", json=data, params=self._model_query(model_name))
 
     async def predict_batch(self, items: list[Any], model_name: str | None = None) -> list[Any]:
-        return await self._call("POST", "/predict_batch", json=items, params=self._params(model_name))  # type: ignore[no-any-return]
+        outputs: list[Any] = await self._request_with_retries(
+            "POST", "/predict_batch", json=items, params=self._model_query(model_name)
+        )
+        return outputs
 
-    async def submit(self, data: Any, *, success_queue: str | None = None, failure_queue: str | None = None,
-                     meta: dict[str, Any] | None = None, model_name: str | None = None) -> str:  # fmt: skip
-        body = self._envelope(data, success_queue, failure_queue, meta)
-        answer = await self._call("POST", "/predict_async", json=body, params=self._params(model_name))
+    async def submit(
+        self,
+        data: Any,
+        *,
+        success_queue: str | None = None,
+        failure_queue: str | None = None,
+        meta: dict[str, Any] | None = None,
+        model_name: str | None = None,
+    ) -> str:
+        body = self._async_body(data, success_queue, failure_queue, meta)
+        answer = await self._request_with_retries(
+            "POST", "/predict_async", json=body, params=self._model_query(model_name)
+        )
         return str(answer["job_id"])
 
     async def result(self, job_id: str, wait: bool = True, poll_interval: float = 0.2) -> dict[str, Any]:
         give_up = time.monotonic() + self.deadline
         while True:
-            job: dict[str, Any] = await self._call("GET", f"/predict_async/{job_id}")
-            if self._job_poll(job, give_up, wait, poll_interval):
+            job: dict[str, Any] = await self._request_with_retries("GET", f"/predict_async/{job_id}")
+            if self._stop_polling(job, give_up, wait, poll_interval):
                 return job
             await asyncio.sleep(poll_interval)
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _request_with_retries(self, method: str, path: str, **kwargs: Any) -> Any:
         give_up, plan = time.monotonic() + self.deadline, self.retry.delays()
         while True:
             response: httpx.Response | None = None
@@ -210,5 +243,5 @@ class AsyncClient(_Base):
             delay = self._retry_after(plan, give_up, response)
             if delay is None:
                 assert response is not None
-                return self._outcome(response)
+                return self._answer_or_raise(response)
             await asyncio.sleep(delay)

@@ -70,11 +70,17 @@ class AppLoadError(ModalkitError):
 
 
 class ServiceUnavailable(ModalkitError):
-    """A container was recycled or is not ready; the request may be retried (HTTP 503)."""
+    """No room or no container for the request now; it may be retried after `retry_after` seconds (HTTP 503)."""
+
+    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail)
 
 
 class QueueFull(ModalkitError):
-    """More async jobs are pending than `queue_config.max_pending` allows (HTTP 429)."""
+    """More async jobs are pending than `queue_config.max_pending` allows (HTTP 429, retry after a second)."""
+
+    retry_after = 1.0
 
 
 class JobExpired(ModalkitError):

@@ -111,7 +111,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
         super().data_received(data)
         if self._refusal is None and self._in_headers and self._header_bytes > self.limits.max_header_bytes:
-            self._refusal = (431, self._too_large())
+            self._refusal = (431, self._header_bytes_detail())
         if self._refusal is not None and not self._refused:
             self._refuse(*self._refusal)
 
@@ -127,7 +127,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if len(self.headers) > self.limits.max_headers:
             self._refusal = (431, f"more than {self.limits.max_headers} header lines (limits.max_headers)")
         elif near_limit and self._header_size() > self.limits.max_header_bytes:
-            self._refusal = (431, self._too_large())
+            self._refusal = (431, self._header_bytes_detail())
         else:
             super().on_headers_complete()
 
@@ -153,7 +153,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def _header_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)  # ": " and CRLF
 
-    def _too_large(self) -> str:
+    def _header_bytes_detail(self) -> str:
         return f"request headers larger than {self.limits.max_header_bytes} bytes (limits.max_header_bytes)"
 
     def _check_header_time(self) -> None:

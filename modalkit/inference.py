@@ -24,8 +24,9 @@ class InferenceBase:
     # The keyword under which the service passes `local_model_repository_folder` to the constructor.
     model_folder_argument = "model_dir"
 
-    def __init__(self, model_name: str = "", model_dir: str = "", common_settings: dict[str, Any] | None = None,
-                 **entry: Any) -> None:  # fmt: skip
+    def __init__(
+        self, model_name: str = "", model_dir: str = "", common_settings: dict[str, Any] | None = None, **entry: Any
+    ) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
         self.common_settings = common_settings or {}
@@ -56,29 +57,29 @@ class InferenceBase:
         are not retried here: they propagate so the container can be recycled.
         """
         try:
-            return self._pipeline(inputs)
+            return self._run_checked(inputs)
         except Exception as exc:
             if is_cuda_error(exc):
                 raise
             if len(inputs) == 1:
                 return [exc]
-        return [self._one(item) for item in inputs]
+        return [self._run_item(item) for item in inputs]
 
-    def _one(self, item: Any) -> Any:
+    def _run_item(self, item: Any) -> Any:
         try:
-            return self._pipeline([item])[0]
+            return self._run_checked([item])[0]
         except Exception as exc:
             if is_cuda_error(exc):
                 raise
             return exc
 
-    def _pipeline(self, inputs: list[Any]) -> list[Any]:
-        outputs = self._steps(inputs)
+    def _run_checked(self, inputs: list[Any]) -> list[Any]:
+        outputs = self._run_steps(inputs)
         if len(outputs) != len(inputs):
             raise ModalkitError(
                 f"{type(self).__name__}.predict returned {len(outputs)} outputs for {len(inputs)} inputs"
             )
         return list(outputs)
 
-    def _steps(self, inputs: list[Any]) -> list[Any]:
+    def _run_steps(self, inputs: list[Any]) -> list[Any]:
         return self.postprocess(self.predict(self.preprocess(inputs)))

@@ -17,8 +17,9 @@ class InferencePipeline(InferenceBase):
 
     model_folder_argument = "all_model_data_folder"
 
-    def __init__(self, model_name: str, all_model_data_folder: str, common_settings: dict[str, Any],
-                 *args: Any, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, model_name: str, all_model_data_folder: str, common_settings: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(model_name=model_name, model_dir=str(all_model_data_folder), common_settings=common_settings)
         self.all_model_data_folder = str(all_model_data_folder)
 
@@ -33,8 +34,8 @@ class InferencePipeline(InferenceBase):
 
     def run_inference(self, input_list: list[Any]) -> list[Any]:
         """preprocess -> predict -> postprocess on one batch, without the item-by-item retry of `run`."""
-        return self._pipeline(input_list)
+        return self._run_checked(input_list)
 
-    def _steps(self, inputs: list[Any]) -> list[Any]:
+    def _run_steps(self, inputs: list[Any]) -> list[Any]:
         preprocessed = self.preprocess(inputs)
         return list(self.postprocess(inputs, self.predict(inputs, preprocessed)))

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from modalkit.iomodel import reported_error
+from modalkit.outcome import Encoded, Failure, Reported, failure_body
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 DeliveryState = Literal["pending", "delivered", "failed"]
@@ -34,6 +38,10 @@ class AsyncRequest:
         an empty queue name or meta means none."""
         queues = (getattr(envelope, "success_queue", None) or None, getattr(envelope, "failure_queue", None) or None)
         return cls(envelope.message, *queues, getattr(envelope, "meta", None) or None)
+
+    def queue_for(self, status: JobState) -> str | None:
+        """Where a job's result goes: the success queue once it succeeded, the failure queue once it failed."""
+        return self.success_queue if status == "succeeded" else self.failure_queue
 
 
 class Delivery(BaseModel):
@@ -78,20 +86,20 @@ class Job(BaseModel):
 def job_outcome(result: Any) -> tuple[JobState, Any]:
     """What one async item's result makes of its job: `("succeeded", output)` or `("failed", error)`.
 
-    The error is `{status_code, detail}`; an output that reports its own failure (ModalKit's
+    The error is `failure_body`'s `{status_code, detail}`; an output that reports its own failure (ModalKit's
     `InferenceOutputModel` with a status other than "success") fails the job too, and is kept as `output`.
     """
-    from modalkit.iomodel import reported_error
-    from modalkit.outcome import Failure, Reported
-
     if isinstance(result, Failure):
-        return "failed", {"status_code": result.status_code, "detail": result.detail}
+        return "failed", failure_body(result)
     error = reported_error(result)
-    output = jsonable(result)
+    try:
+        output = jsonable(result)
+    except PydanticSerializationError as exc:  # as a local container answers an output it cannot encode
+        return "failed", failure_body(Failure("error", f"output is not JSON-serialisable: {exc}"))
     if isinstance(result, Reported) and isinstance(output, dict):
         error = output.get("error") or f"status {output.get('status')!r}"
     if error is not None:
-        return "failed", {"status_code": 422, "detail": error, "output": output}
+        return "failed", {**failure_body(Failure("rejected", error)), "output": output}
     return "succeeded", output
 
 
@@ -116,23 +124,25 @@ def sink_message(
     return body
 
 
-def _modalkit_message(request: AsyncRequest, status: JobState, outcome: Any, message: Any,
-                      meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _modalkit_message(
+    request: AsyncRequest, status: JobState, outcome: Any, message: Any, meta: dict[str, Any]
+) -> dict[str, Any]:
     if status == "succeeded":
         output = dict(outcome) if isinstance(outcome, dict) else {"result": outcome}
         output.pop("error", None)
         return {"status": "success", **output, "meta": meta}
     if isinstance(outcome, dict) and isinstance(outcome.get("output"), dict):
         return {**outcome["output"], "meta": meta}
-    original = {"message": message, "success_queue": request.success_queue or "",
-                "failure_queue": request.failure_queue or "", "meta": meta}  # fmt: skip
+    original = {
+        "message": message,
+        "success_queue": request.success_queue or "",
+        "failure_queue": request.failure_queue or "",
+        "meta": meta,
+    }
     detail = outcome.get("detail") if isinstance(outcome, dict) else outcome
     return {"status": "error", "error": str(detail), "meta": {}, "original_message": original}
 
 
 def jsonable(value: Any) -> Any:
-    from fastapi.encoders import jsonable_encoder
-
-    from modalkit.outcome import Encoded
-
-    return json.loads(value) if isinstance(value, Encoded) else jsonable_encoder(value)
+    """`value` as plain JSON data (dicts, lists, str, numbers), encoded as pydantic encodes a response."""
+    return json.loads(value) if isinstance(value, Encoded) else to_jsonable_python(value)

@@ -31,12 +31,12 @@ class ModalConfig(_settings.ModalConfig):
     @property
     def cloud_bucket_mounts(self) -> dict[str, Any]:
         deploy = self.app_settings.deployment_config
-        mounts = translate.volumes(deploy)
+        mounts = translate.modal_volumes(deploy)
         return {bucket.mount_point: mounts[bucket.mount_point] for bucket in deploy.cloud_bucket_mounts}
 
     @property
     def all_volumes(self) -> dict[str, Any]:
-        return translate.volumes(self.app_settings.deployment_config)
+        return translate.modal_volumes(self.app_settings.deployment_config)
 
     def get_batched_method_settings(self) -> dict[str, Any]:
         return self.get_batched_settings()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pydantic_core
+
 from modalkit.exceptions import InferenceError
 
 Cause = Literal["rejected", "error", "cuda", "crash", "timeout", "job_timeout", "load", "unavailable"]
@@ -67,3 +69,8 @@ class Encoded(bytes):
 
 class Reported(Encoded):
     """An encoded output that reports its own failure (ModalKit's `status` other than "success")."""
+
+
+def encode(value: Any) -> bytes:
+    """The JSON of an output; one a container already encoded goes as it is."""
+    return bytes(value) if isinstance(value, Encoded) else pydantic_core.to_json(value)

@@ -16,8 +16,8 @@ from modalkit.exceptions import ConfigError, InferenceError
 from modalkit.inference import InferenceBase
 from modalkit.iomodel import AsyncInputModel, AsyncOutputModel, SyncInputModel
 from modalkit.jobs import AsyncRequest, job_outcome, jsonable, sink_message
-from modalkit.outcome import Failure
-from modalkit.queues import deliver, make_sink
+from modalkit.outcome import Failure, http_status
+from modalkit.sinks import deliver, make_sink
 
 logger = logging.getLogger("modalkit.service")
 
@@ -41,9 +41,11 @@ class ModalService:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:  # ModalKit's docs inject queue_backend this way; Modal 1.6 refuses it
             raise ConfigError(
-                [f"{cls.__qualname__}.__init__: Modal 1.6 classes take no constructor. Put `queue_backend = ...` "
-                 "in the class body and declare inputs as `model_name: str = modal.parameter(default=...)`"]
-            )  # fmt: skip
+                [
+                    f"{cls.__qualname__}.__init__: Modal 1.6 classes take no constructor. Put `queue_backend = ...` "
+                    "in the class body and declare inputs as `model_name: str = modal.parameter(default=...)`"
+                ]
+            )
         config = _declared_config(cls)
         if config is None:
             return  # an intermediate base class: the leaf class brings the config
@@ -55,10 +57,10 @@ class ModalService:
         def load_artefacts(self: ModalService) -> None:
             self._load()
             if not config.app_settings.deployment_config.enable_memory_snapshot:
-                self._ready()
+                self._warm_up()
 
         def restore_artefacts(self: ModalService) -> None:
-            self._ready()
+            self._warm_up()
 
         def process_request(self: ModalService, batch: list[Any]) -> list[Any]:
             return self._process(batch)
@@ -81,7 +83,7 @@ class ModalService:
         async def call(model_name: str, input_data: Any) -> Any:
             result = await ModalRuntime(cls, [model_name]).submit(model_name, _unwrapped(input_data))
             if isinstance(result, Failure):
-                raise InferenceError(result.detail, result.status_code)
+                raise InferenceError(result.detail, http_status(result))
             return result
 
         return call
@@ -129,7 +131,7 @@ class ModalService:
         self._model_inference_instance = self._model
         self._model_inference_kwargs = entry
 
-    def _ready(self) -> None:
+    def _warm_up(self) -> None:
         self._model.on_restore()
         self._model.warmup()
         interval = self.modal_config.app_settings.deployment_config.volume_reload_interval_seconds
@@ -184,17 +186,17 @@ class ModalService:
         return [Failure.from_exception(o) if isinstance(o, BaseException) else o for o in outputs]
 
     def _push_results(self, requests: list[AsyncRequest | None], inputs: list[Any], results: list[Any]) -> None:
-        queues = self.modal_config.app_settings.queue_config
+        queue_config = self.modal_config.app_settings.queue_config
         sink = getattr(self, "_sink", None)
         if sink is None:  # one per container: a Redis sink keeps its connection pool between batches
-            sink = self._sink = make_sink(queues, self.queue_backend)
+            sink = self._sink = make_sink(queue_config, self.queue_backend)
         for request, item, result in zip(requests, inputs, results, strict=True):
             if request is None:
                 continue
             status, outcome = job_outcome(result)
-            queue = request.success_queue if status == "succeeded" else request.failure_queue
+            queue = request.queue_for(status)
             if queue is not None:
-                message = sink_message(None, request, status, outcome, jsonable(item), queues.message_format)
+                message = sink_message(None, request, status, outcome, jsonable(item), queue_config.message_format)
                 deliver(sink, queue, message)
 
     def _recycle(self, exc: BaseException, size: int) -> list[Any]:
@@ -206,7 +208,7 @@ class ModalService:
 
             stop_fetching_inputs()
         # Locally the worker process sees cause="cuda" and exits once it has replied.
-        failure = Failure(503, f"container recycled after a CUDA error: {exc}; retry the request", "cuda")
+        failure = Failure("cuda", f"container recycled after a CUDA error: {exc}; retry the request")
         return [failure] * size
 
 
@@ -234,9 +236,11 @@ def _declared_config(cls: type) -> ModalConfig | None:
         return config
     if "inference_implementation" in cls.__dict__ and not isinstance(getattr(cls, "modal_config", None), ModalConfig):
         raise ConfigError(
-            [f"{cls.__qualname__} has no config: add `modal_config = ModalConfig()` to its body "
-             "(ModalKit's form: `modal_utils: ModalConfig = modal_config`)"]
-        )  # fmt: skip
+            [
+                f"{cls.__qualname__} has no config: add `modal_config = ModalConfig()` to its body "
+                "(ModalKit's form: `modal_utils: ModalConfig = modal_config`)"
+            ]
+        )
     return None
 
 

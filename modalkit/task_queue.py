@@ -12,18 +12,20 @@ A backend registered here is chosen by name in YAML (`queue_config.backend: my-b
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 from collections import defaultdict
 from typing import Any
 
+from modalkit.config import ModalConfig
 from modalkit.exceptions import BackendError, TypeValidationError
 from modalkit.sinks.backend import QueueBackend
+from modalkit.sinks.delivery import deliver
+from modalkit.sinks.registry import construct, make_sink, register_backend, registered_backend, registered_names
 from modalkit.sinks.sqs import SQSSink
 from modalkit.sinks.taskiq import TaskiqBackend
 
-logger = logging.getLogger("modalkit.queues")
+logger = logging.getLogger("modalkit.sinks")
 
 __all__ = [
     "InMemoryBackend",
@@ -68,24 +70,6 @@ class SQSBackend:
 
 
 _DEFAULTS: dict[str, type[Any]] = {"memory": InMemoryBackend, "sqs": SQSBackend, "taskiq": TaskiqBackend}
-_REGISTERED: dict[str, type[Any]] = {}
-
-
-def register_backend(name: str, backend_class: type[Any]) -> None:
-    """Make `backend_class` the backend of `queue_config.backend: <name>`; it wins over a built-in of that name."""
-    if not callable(getattr(backend_class, "send_message", None)):
-        raise TypeValidationError(f"{backend_class!r} has no send_message(queue_name, message) method")
-    _REGISTERED[name] = backend_class
-    logger.debug("registered queue backend %r: %s", name, backend_class.__qualname__)
-
-
-def registered_backend(name: str) -> type[Any] | None:
-    """The class given to `register_backend` under `name`, if any."""
-    return _REGISTERED.get(name)
-
-
-def registered_names() -> list[str]:
-    return sorted(_REGISTERED)
 
 
 def create_backend(backend_type: str, **kwargs: Any) -> Any:
@@ -94,26 +78,14 @@ def create_backend(backend_type: str, **kwargs: Any) -> Any:
     The class gets the keyword arguments its `__init__` accepts (all of them if it takes `**kwargs`), so
     `create_backend(name, **queue_config.model_dump())` works for a class that takes none.
     """
-    backend_class = _REGISTERED.get(backend_type) or _DEFAULTS.get(backend_type)
+    backend_class = registered_backend(backend_type) or _DEFAULTS.get(backend_type)
     if backend_class is None:
-        known = ", ".join(sorted({*_DEFAULTS, *_REGISTERED}))
+        known = ", ".join(sorted({*_DEFAULTS, *registered_names()}))
         raise BackendError(
             f"unknown queue backend {backend_type!r}; known: {known}. "
             "Register your own with modalkit.task_queue.register_backend(name, cls)"
         )
     return construct(backend_class, kwargs)
-
-
-def construct(backend_class: type[Any], kwargs: dict[str, Any]) -> Any:
-    """`backend_class(**kwargs)`, leaving out the keywords its `__init__` does not take."""
-    try:
-        parameters = inspect.signature(backend_class).parameters.values()
-    except (TypeError, ValueError):  # no signature to read (a C type): try it as given
-        return backend_class(**kwargs)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return backend_class(**kwargs)
-    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return backend_class(**{k: v for k, v in kwargs.items() if k in named})
 
 
 def send_response_queue(queue_name: str, queue_message: str) -> bool:
@@ -128,10 +100,6 @@ def send_response_queue(queue_name: str, queue_message: str) -> bool:
         message = None
     if not isinstance(message, dict):
         raise TypeValidationError("queue_message must be the JSON of an object")
-
-    from modalkit.config import ModalConfig
-    from modalkit.queues import deliver, make_sink
-
     try:
         sink = make_sink(ModalConfig().app_settings.queue_config)
     except Exception as exc:

@@ -71,10 +71,10 @@ def test_fail_all_answers_every_queued_item() -> None:
     async def scenario() -> list[object]:
         batcher = Batcher(max_batch_size=4, wait_ms=10)
         futures = [batcher.submit(i) for i in range(3)]
-        batcher.fail_all(Failure(503, "down"))
+        batcher.fail_all(Failure("unavailable", "down"))
         return [await f for f in futures]
 
-    assert run(scenario()) == [Failure(503, "down")] * 3
+    assert run(scenario()) == [Failure("unavailable", "down")] * 3
 
 
 def test_requests_go_before_async_jobs_which_fill_the_rest() -> None:

@@ -102,19 +102,19 @@ def test_429_then_job_polled_to_success(flaky: tuple[str, Counter[str]]) -> None
 def test_client_errors_are_not_retried(flaky: tuple[str, Counter[str]]) -> None:
     url, calls = flaky
     with Client(url, retry=FAST) as client, pytest.raises(ClientError) as info:
-        client._call("POST", "/bad")
+        client._request_with_retries("POST", "/bad")
     assert info.value.status_code == 422 and calls["bad"] == 1
 
 
 def test_gives_up_after_its_attempts_and_within_its_deadline(flaky: tuple[str, Counter[str]]) -> None:
     url, _ = flaky
     with Client(url, retry=FAST) as client, pytest.raises(ClientError) as info:
-        client._call("POST", "/always_busy")
+        client._request_with_retries("POST", "/always_busy")
     assert info.value.status_code == 503 and client.stats()["sent"] == 5
     with Client(url, timeout=0.3, deadline=1.0, retry=FAST) as client:
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
-            client._call("POST", "/slow")
+            client._request_with_retries("POST", "/slow")
         assert time.monotonic() - started < 2.0
 
 

@@ -66,21 +66,25 @@ def test_default_file_is_modalkit_yaml_in_cwd(tmp_path: Path, monkeypatch: pytes
     assert ModalConfig().app_name == "here"
 
 
+DEPLOY_YAML = "app_settings:\n  deployment_config: "
+BATCH_YAML = "app_settings:\n  batch_config: "
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "path", "message"),
     [
-        ("app_settings:\n  deployment_config: {gpu: Z99}\n", "app_settings.deployment_config.gpu", "unknown GPU"),
-        ("app_settings:\n  deployment_config: {gpu: 'H100:9'}\n", "app_settings.deployment_config.gpu", "1 and 8"),
-        ("app_settings:\n  batch_config: {max_batch_size: 0}\n", "app_settings.batch_config.max_batch_size", "greater than or equal to 1"),
-        ("app_settings:\n  batch_config: {wait_ms: 600001}\n", "app_settings.batch_config.wait_ms", "less than or equal to 600000"),
-        ("app_settings:\n  deployment_config: {colour: red}\n", "app_settings.deployment_config.colour", "unknown key"),
-        ("app_settings:\n  deployment_config: {scaledown_window: 1}\n", "deployment_config.scaledown_window", "greater than or equal to 2"),
-        ("app_settings:\n  deployment_config: {min_containers: 3, max_containers: 1}\n", "deployment_config",
-         "min_containers (3) is greater"),
-        ("app_settings:\n  deployment_config: {cpu: [4, 2]}\n", "app_settings.deployment_config.cpu", "request <= limit"),
+        (DEPLOY_YAML + "{gpu: Z99}\n", "app_settings.deployment_config.gpu", "unknown GPU"),
+        (DEPLOY_YAML + "{gpu: 'H100:9'}\n", "app_settings.deployment_config.gpu", "1 and 8"),
+        (BATCH_YAML + "{max_batch_size: 0}\n", "batch_config.max_batch_size", "greater than or equal to 1"),
+        (BATCH_YAML + "{wait_ms: 600001}\n", "app_settings.batch_config.wait_ms", "less than or equal to 600000"),
+        (DEPLOY_YAML + "{colour: red}\n", "app_settings.deployment_config.colour", "unknown key"),
+        (DEPLOY_YAML + "{scaledown_window: 1}\n", "deployment_config.scaledown_window", "greater than or equal to 2"),
+        (DEPLOY_YAML + "{min_containers: 3, max_containers: 1}\n", "deployment_config", "min_containers (3) is"),
+        (DEPLOY_YAML + "{cpu: [4, 2]}\n", "app_settings.deployment_config.cpu", "request <= limit"),
+        ("app_settings:\n  auth_config: {enabled: true}\n", "app_settings.auth_config.enabled", "unknown key"),
         ("surprise: 1\n", "surprise", "unknown key"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_name_the_yaml_path_and_file(tmp_path: Path, yaml_text: str, path: str, message: str) -> None:
     config_file = write(tmp_path, yaml_text)
     error = problems(config_file)

@@ -32,8 +32,12 @@ def test_configuration_reference_lists_every_key() -> None:
 
 def test_docs_build_without_warnings(tmp_path) -> None:  # type: ignore[no-untyped-def]
     mkdocs = Path(sys.executable).parent / "mkdocs"
-    result = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -7,7 +7,7 @@ import pytest
 from modalkit.cuda import is_cuda_error
 from modalkit.exceptions import InferenceError
 from modalkit.inference import InferenceBase
-from modalkit.outcome import Failure
+from modalkit.outcome import Failure, http_status
 
 
 class Doubler(InferenceBase):
@@ -33,7 +33,7 @@ def test_one_bad_item_fails_alone() -> None:
     outputs = Doubler().run([1, 3, 2])
     assert outputs[0] == 3 and outputs[2] == 5
     assert isinstance(outputs[1], ValueError)
-    assert Failure.from_exception(outputs[1]).status_code == 500
+    assert http_status(Failure.from_exception(outputs[1])) == 500
 
 
 def test_cuda_errors_propagate_for_the_container_to_recycle() -> None:
@@ -56,7 +56,7 @@ def test_inference_error_chooses_the_status() -> None:
             raise InferenceError("text too long", status_code=413)
 
     failure = Failure.from_exception(Picky().run(["x"])[0])
-    assert (failure.status_code, failure.detail) == (413, "text too long")
+    assert (http_status(failure), failure.detail) == (413, "text too long")
 
 
 @pytest.mark.parametrize(

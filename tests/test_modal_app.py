@@ -10,7 +10,7 @@ import pytest
 from modalkit.app_loader import import_app, user_class
 from modalkit.config import ModalConfig
 from modalkit.exceptions import ConfigDeprecationWarning
-from modalkit.outcome import Failure
+from modalkit.outcome import Failure, http_status
 from tests.conftest import APPS, ROOT
 from tests.modal_introspect import autoscaler
 
@@ -50,8 +50,13 @@ def test_old_names_build_a_real_app(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.warns(ConfigDeprecationWarning) as warned:
         echo = load(APPS / "echo_app.py", config, monkeypatch, "echo_app")
     old_names = {w.message.old.rsplit(".", 1)[1] for w in warned if isinstance(w.message, ConfigDeprecationWarning)}
-    assert old_names == {"concurrency_limit", "keep_warm", "container_idle_timeout", "allow_concurrent_inputs",
-                         "allow_concurrent_inputs_handler"}  # fmt: skip
+    assert old_names == {
+        "concurrency_limit",
+        "keep_warm",
+        "container_idle_timeout",
+        "allow_concurrent_inputs",
+        "allow_concurrent_inputs_handler",
+    }
     assert all(str(w.message).startswith(f"{config}: ") for w in warned)
     service_fn = echo.EchoService._get_class_service_function()  # type: ignore[attr-defined]
     info = service_fn.info()
@@ -68,10 +73,10 @@ def test_process_request_runs_through_modal_local(monkeypatch: pytest.MonkeyPatc
     service = echo.EchoService  # type: ignore[attr-defined]
     outputs = service(model_name="shout").process_request.local([echo.EchoIn(text="a"), echo.EchoIn(text="bad")])  # type: ignore[attr-defined]
     assert outputs[0].text == "!a"
-    assert isinstance(outputs[1], Failure) and outputs[1].status_code == 500
+    assert isinstance(outputs[1], Failure) and outputs[1].cause == "error" and http_status(outputs[1]) == 500
 
     cuda = service().process_request.local([echo.EchoIn(text="x"), echo.EchoIn(text="cuda")])  # type: ignore[attr-defined]
-    assert all(isinstance(o, Failure) and o.status_code == 503 and o.recycles_container for o in cuda)
+    assert all(isinstance(o, Failure) and http_status(o) == 503 and o.recycles_container for o in cuda)
 
 
 def test_service_gets_enter_and_batched_from_its_own_config(monkeypatch: pytest.MonkeyPatch) -> None:

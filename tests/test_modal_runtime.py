@@ -95,7 +95,7 @@ def test_modal_runtime_wires_spawn_and_status_through_function_calls(echo: Any) 
         "fc-1": TimeoutError(),
         "fc-2": echo.EchoOut(text="done", model="shout", pid=1),
         "fc-3": modal.exception.OutputExpiredError("expired"),
-        "fc-4": Failure(503, "container recycled after a CUDA error", "cuda"),
+        "fc-4": Failure("cuda", "container recycled after a CUDA error"),
         "fc-unknown": modal.exception.NotFoundError("no such call"),
     }
     with TestClient(app) as client:

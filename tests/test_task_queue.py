@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from modalkit import task_queue
 from modalkit.config import ModalConfig
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import BackendError, ConfigError, ModalkitError, TypeValidationError
-from modalkit.queues import MemorySink, deliver, make_sink
+from modalkit.sinks import MemorySink, deliver, make_sink, registry
 from modalkit.sinks.backend import BackendSink
 from modalkit.task_queue import (
     InMemoryBackend,
@@ -64,9 +63,9 @@ class Bare:
 
 
 @pytest.fixture(autouse=True)
-def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+def forget_registered_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     """Names registered by a test are forgotten after it."""
-    monkeypatch.setattr(task_queue, "_REGISTERED", dict(task_queue._REGISTERED))
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
 
 
 @pytest.fixture

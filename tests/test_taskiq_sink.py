@@ -17,7 +17,7 @@ import pytest
 
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import ConfigError
-from modalkit.queues import deliver, make_sink
+from modalkit.sinks import deliver, make_sink
 from modalkit.sinks.backend import BackendSink
 from modalkit.sinks.taskiq import TaskiqBackend
 from tests.conftest import APPS, ROOT, wait_for

@@ -21,24 +21,24 @@ class Decorated:
 def decorated_at(filename: str, lineno: int) -> Decorated | None:
     """The class or function whose decorator list spans `filename:lineno`, None if there is none."""
     try:
-        tree = _parse(filename, os.stat(filename).st_mtime_ns)
+        tree = _parse_source(filename, os.stat(filename).st_mtime_ns)
     except (OSError, SyntaxError, ValueError):
         return None
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             for decorator in node.decorator_list:
                 if decorator.lineno <= lineno <= (decorator.end_lineno or decorator.lineno):
-                    return Decorated(node.name, tuple(_name(d) for d in node.decorator_list))
+                    return Decorated(node.name, tuple(_decorator_name(d) for d in node.decorator_list))
     return None
 
 
 @functools.lru_cache(maxsize=32)
-def _parse(filename: str, mtime_ns: int) -> ast.Module:
+def _parse_source(filename: str, mtime_ns: int) -> ast.Module:
     with open(filename, encoding="utf-8") as source:
         return ast.parse(source.read(), filename)
 
 
-def _name(decorator: ast.expr) -> str:
+def _decorator_name(decorator: ast.expr) -> str:
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
     if isinstance(target, ast.Attribute):
         return target.attr

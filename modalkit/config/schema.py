@@ -13,9 +13,21 @@ from modalkit.config import pricing
 from modalkit.exceptions import ConfigDeprecationWarning, ConfigWarning
 
 GPU_TYPES = (
-    "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
-    "RTX-PRO-6000", "H100", "H100!", "H200", "B200", "B200+",
-)  # fmt: skip
+    "T4",
+    "L4",
+    "A10",
+    "A10G",
+    "L40S",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "RTX-PRO-6000",
+    "H100",
+    "H100!",
+    "H200",
+    "B200",
+    "B200+",
+)
 _GPU_RE = re.compile(r"^(?P<type>[A-Z0-9+!-]+?)(?::(?P<count>\d+))?$")
 
 # Old ModalKit / Modal < 1.0 names and the Modal 1.6 key each became.
@@ -65,7 +77,7 @@ class ModelDownload(Section):
 
     @field_validator("gpu", mode="before")
     @classmethod
-    def _gpu(cls, value: Any) -> Any:
+    def _normalize_gpu(cls, value: Any) -> Any:
         return normalize_gpu(value) if isinstance(value, str) else value
 
 
@@ -87,10 +99,10 @@ class BuildConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _old_names(cls, data: Any) -> Any:
+    def _accept_old_names(cls, data: Any) -> Any:
         if isinstance(data, dict) and "extra_run_commands" in data:
             data = dict(data)
-            _deprecated("build_config.extra_run_commands", "build_config.run_commands")
+            _warn_renamed("build_config.extra_run_commands", "build_config.run_commands")
             extra = data.pop("extra_run_commands")
             data["run_commands"] = list(data.get("run_commands", [])) + (
                 [extra] if isinstance(extra, str) else list(extra)
@@ -98,7 +110,7 @@ class BuildConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _one_base(self) -> BuildConfig:
+    def _image_or_dockerfile(self) -> BuildConfig:
         if self.dockerfile is not None and self.image != "debian_slim":
             raise ValueError("set either image (a registry image) or dockerfile, not both")
         if self.tag is not None and self.image == "debian_slim":
@@ -106,13 +118,15 @@ class BuildConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _tagged_twice(self) -> BuildConfig:
+    def _warn_unused_tag(self) -> BuildConfig:
         if self.tag is not None and _has_tag(self.image):
             warnings.warn(
-                ConfigWarning("app_settings.build_config.tag",
-                              f"{self.tag!r} is not used: image {self.image!r} already names its tag or digest"),
+                ConfigWarning(
+                    "app_settings.build_config.tag",
+                    f"{self.tag!r} is not used: image {self.image!r} already names its tag or digest",
+                ),
                 stacklevel=2,
-            )  # fmt: skip
+            )
         return self
 
     @property
@@ -173,7 +187,7 @@ class DeploymentConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _old_names(cls, data: Any) -> Any:
+    def _accept_old_names(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
         data = dict(data)
@@ -182,7 +196,7 @@ class DeploymentConfig(Section):
                 continue
             if new in data:
                 raise ValueError(f"both {old!r} and its new name {new!r} are set; keep only {new!r}")
-            _deprecated(f"deployment_config.{old}", f"deployment_config.{new}")
+            _warn_renamed(f"deployment_config.{old}", f"deployment_config.{new}")
             value = data.pop(old)
             # allow_concurrent_inputs: true meant "some concurrency" in old ModalKit configs.
             data[new] = 100 if value is True else value
@@ -190,14 +204,14 @@ class DeploymentConfig(Section):
 
     @field_validator("retries")
     @classmethod
-    def _retries(cls, value: int | RetryPolicy | None) -> int | RetryPolicy | None:
+    def _check_retry_count(cls, value: int | RetryPolicy | None) -> int | RetryPolicy | None:
         if isinstance(value, int) and not 0 <= value <= 10:
             raise ValueError("retries must be between 0 and 10")
         return value
 
     @field_validator("gpu", mode="before")
     @classmethod
-    def _gpu(cls, value: Any) -> Any:
+    def _normalize_gpus(cls, value: Any) -> Any:
         if isinstance(value, str):
             return normalize_gpu(value)
         if isinstance(value, list):
@@ -208,7 +222,7 @@ class DeploymentConfig(Section):
 
     @field_validator("cpu", "memory")
     @classmethod
-    def _request_limit(cls, value: Any, info: ValidationInfo) -> Any:
+    def _check_request_and_limit(cls, value: Any, info: ValidationInfo) -> Any:
         """A number, or a (request, limit) pair with 0 < request <= limit."""
         request, limit = value if isinstance(value, tuple) else (value, value)
         if request is not None and limit is not None and not 0 < request <= limit:
@@ -217,14 +231,14 @@ class DeploymentConfig(Section):
 
     @field_validator("volumes")
     @classmethod
-    def _volumes(cls, value: dict[str, str]) -> dict[str, str]:
+    def _check_mount_paths(cls, value: dict[str, str]) -> dict[str, str]:
         for path in value:
             if not path.startswith("/"):
                 raise ValueError(f"volume mount path {path!r} must be absolute")
         return value
 
     @model_validator(mode="after")
-    def _containers(self) -> DeploymentConfig:
+    def _check_min_not_above_max(self) -> DeploymentConfig:
         if self.max_containers is not None and self.min_containers > self.max_containers:
             raise ValueError(
                 f"min_containers ({self.min_containers}) is greater than max_containers ({self.max_containers})"
@@ -262,7 +276,7 @@ class QueueConfig(Section):
     max_store_rows: int = Field(100_000, ge=100)
 
     @model_validator(mode="after")
-    def _broker(self) -> QueueConfig:
+    def _taskiq_needs_broker(self) -> QueueConfig:
         if self.backend == "taskiq" and self.broker_url is None:
             raise ValueError("backend taskiq needs broker_url (redis://host:port/db, or memory://)")
         return self
@@ -277,7 +291,7 @@ class PricingConfig(Section):
 
     @field_validator("gpu_per_second", mode="before")
     @classmethod
-    def _merge(cls, value: Any) -> Any:
+    def _overlay_builtin_prices(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return {**pricing.GPU_PER_SECOND, **{normalize_gpu(k): v for k, v in value.items()}}
         return value
@@ -323,26 +337,22 @@ class AuthConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _old_names(cls, data: Any) -> Any:
+    def _accept_old_names(cls, data: Any) -> Any:
         if isinstance(data, dict) and "auth_header" in data:
             if "header" in data:
                 raise ValueError("both 'auth_header' and its new name 'header' are set; keep only 'header'")
-            _deprecated("auth_config.auth_header", "auth_config.header")
+            _warn_renamed("auth_config.auth_header", "auth_config.header")
             data = {("header" if k == "auth_header" else k): v for k, v in data.items()}
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> AuthConfig:
+    def _one_key_source(self) -> AuthConfig:
         sources = [name for name in ("api_key", "api_key_env", "ssm_key") if getattr(self, name) is not None]
         if len(sources) > 1:
             raise ValueError(f"set one of api_key, api_key_env and ssm_key, not {' and '.join(sources)}")
         if self.api_key_secret is not None and self.api_key_env is None and self.ssm_key is None:
             raise ValueError("api_key_secret needs api_key_env (the variable it sets) or ssm_key (AWS credentials)")
         return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.api_key is not None or self.api_key_env is not None or self.ssm_key is not None
 
 
 class AppSettings(Section):
@@ -373,7 +383,7 @@ class AppSettings(Section):
                 raise ValueError(f"async_config.{key}: unknown key (known: {', '.join(_ASYNC_CONFIG_KEYS)})")
             if new in queue:
                 raise ValueError(f"both async_config.{key} and queue_config.{new} are set; keep queue_config.{new}")
-            _deprecated(f"async_config.{key}", f"queue_config.{new}")
+            _warn_renamed(f"async_config.{key}", f"queue_config.{new}")
             queue[new] = value
         data["queue_config"] = queue
         return data
@@ -384,7 +394,7 @@ class AppSettings(Section):
         # ModalKit put local mounts under deployment_config.mounts; they are image steps now.
         deploy = data.get("deployment_config") if isinstance(data, dict) else None
         if isinstance(deploy, dict) and "mounts" in deploy:
-            _deprecated("deployment_config.mounts", "build_config.add_local")
+            _warn_renamed("deployment_config.mounts", "build_config.add_local")
             data = {**data, "deployment_config": {k: v for k, v in deploy.items() if k != "mounts"}}
             build = dict(data.get("build_config") or {})
             build["add_local"] = list(build.get("add_local", [])) + list(deploy["mounts"] or [])
@@ -400,7 +410,7 @@ class ModelSettings(Section):
 
     @field_validator("local_model_repository_folder", mode="before")
     @classmethod
-    def _folder(cls, value: Any) -> Any:
+    def _path_to_str(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value  # ModalKit typed it Path
 
     common: dict[str, Any] = {}
@@ -408,5 +418,5 @@ class ModelSettings(Section):
     model_entries: dict[str, dict[str, Any]] = {}
 
 
-def _deprecated(old: str, new: str) -> None:
+def _warn_renamed(old: str, new: str) -> None:
     warnings.warn(ConfigDeprecationWarning(f"app_settings.{old}", f"app_settings.{new}"), stacklevel=2)

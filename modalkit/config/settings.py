@@ -15,17 +15,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from modalkit.config import translate
 from modalkit.config.decorators import decorated_at
+
+# The names stay importable from here, where they lived before names.py.
+from modalkit.config.names import APP_POSTFIX_ENV as APP_POSTFIX_ENV
+from modalkit.config.names import CONFIG_ENV as CONFIG_ENV
+from modalkit.config.names import DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE
+from modalkit.config.names import ENV_PREFIX as ENV_PREFIX
+from modalkit.config.names import RESOLVED_CONFIG_ENV as RESOLVED_CONFIG_ENV
 from modalkit.config.schema import AppSettings, ModelSettings
 from modalkit.config.sources import Origins, dotenv_value, line_of, load_yaml_files, origin_of
 from modalkit.exceptions import ConfigDeprecationWarning, ConfigError, ConfigWarning
-
-ENV_PREFIX = "MODALKIT_"
-CONFIG_ENV = "MODALKIT_CONFIG"
-# Inside a Modal container the resolved config travels in the image's environment (see translate.get_image).
-RESOLVED_CONFIG_ENV = "MODALKIT_CONFIG_JSON"
-DEFAULT_CONFIG_FILE = "modalkit.yaml"
-# Appended to app_prefix for the Modal app name (ModalKit's "-dev" by default in its import path).
-APP_POSTFIX_ENV = "MODALKIT_APP_POSTFIX"
 
 
 class ModalkitSettings(BaseSettings):
@@ -93,7 +92,7 @@ class ModalConfig:
         else:
             self.files = _config_paths(files)
             data, origins = load_yaml_files(self.files, ENV_PREFIX)
-        self.settings = _validate(data, origins)
+        self.settings = _validated_settings(data, origins)
 
     @property
     def app_settings(self) -> AppSettings:
@@ -123,7 +122,7 @@ class ModalConfig:
         return self.settings.model_dump(mode="json", by_alias=True)
 
     def get_image(self) -> Any:
-        return translate.image(self.settings)
+        return translate.build_image(self.settings)
 
     def get_app_cls_settings(self) -> dict[str, Any]:
         return translate.app_cls_settings(self.settings)
@@ -159,11 +158,12 @@ def _require_concurrent_decorator(settings: ModalkitSettings, filename: str, lin
     target = decorated_at(filename, lineno)
     if target is None or "concurrent" in target.decorators:
         return
-    raise ConfigError(
-        [f"{filename}:{lineno}: {target.name}: app_settings.deployment_config.max_concurrent_inputs_handler "
-         f"(ModalKit's allow_concurrent_inputs_handler) is {inputs}, which Modal 1.6 takes only as a decorator: "
-         f"add `@modal.concurrent(max_inputs={inputs})` on the line below this one"]
-    )  # fmt: skip
+    problem = (
+        f"{filename}:{lineno}: {target.name}: app_settings.deployment_config.max_concurrent_inputs_handler "
+        f"(ModalKit's allow_concurrent_inputs_handler) is {inputs}, which Modal 1.6 takes only as a decorator: "
+        f"add `@modal.concurrent(max_inputs={inputs})` on the line below this one"
+    )
+    raise ConfigError([problem])
 
 
 def _config_paths(files: ConfigFiles | None) -> list[Path]:
@@ -182,13 +182,13 @@ def _config_paths(files: ConfigFiles | None) -> list[Path]:
     return paths
 
 
-def _validate(data: dict[str, Any], origins: Origins) -> ModalkitSettings:
+def _validated_settings(data: dict[str, Any], origins: Origins) -> ModalkitSettings:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             settings = ModalkitSettings(**data)
         except ValidationError as exc:
-            raise ConfigError([_describe(err, origins) for err in exc.errors()]) from None
+            raise ConfigError([_describe_error(err, origins) for err in exc.errors()]) from None
     for warning in caught:  # re-emit each warning once, at the YAML file and line of the key it is about
         message = warning.message
         if isinstance(message, ConfigDeprecationWarning | ConfigWarning):
@@ -201,7 +201,7 @@ def _validate(data: dict[str, Any], origins: Origins) -> ModalkitSettings:
     return settings
 
 
-def _describe(err: Any, origins: Origins) -> str:
+def _describe_error(err: Any, origins: Origins) -> str:
     # pydantic appends a union member's type ("int", "tuple[int, int]") to the path; drop it for the user.
     loc = tuple(str(part) for part in err["loc"] if str(part) not in _TYPE_TAGS and "[" not in str(part))
     where = origin_of(loc, origins, ENV_PREFIX)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from modalkit.config.names import ENV_PREFIX
 from modalkit.exceptions import ConfigError
 
 Path_ = tuple[str, ...]
@@ -36,18 +37,18 @@ class Origins:
         self.lines[path] = line
 
 
-def load_yaml_files(paths: list[Path], env_prefix: str = "MODALKIT_") -> tuple[dict[str, Any], Origins]:
+def load_yaml_files(paths: list[Path], env_prefix: str = ENV_PREFIX) -> tuple[dict[str, Any], Origins]:
     """The files merged in order, then the `.env` file of the working directory (its `<PREFIX>SECTION__KEY`
     lines, as ModalKit read them); environment variables come on top of both, in `ModalkitSettings`."""
     merged: dict[str, Any] = {}
     origins = Origins()
     for path in paths:
-        data, lines = _read(path)
+        data, lines = _read_yaml(path)
         if data is not None:
-            _merge(merged, data, (), str(path), origins, lines)
+            _merge_with_origins(merged, data, (), str(path), origins, lines)
     dotenv = dotenv_settings(Path(DOTENV_FILE), env_prefix)
     if dotenv:
-        _merge(merged, dotenv, (), DOTENV_FILE, origins, {})
+        _merge_with_origins(merged, dotenv, (), DOTENV_FILE, origins, {})
     return merged, origins
 
 
@@ -90,7 +91,7 @@ def _json_or_text(value: str) -> Any:
     return value
 
 
-def _read(path: Path) -> tuple[Any, dict[Path_, int]]:
+def _read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -116,32 +117,35 @@ def _key_lines(node: Any, prefix: Path_, lines: dict[Path_, int]) -> None:
         _key_lines(value, path, lines)
 
 
-def _merge(into: dict[str, Any], data: Mapping[str, Any], prefix: Path_, source: str, origins: Origins,
-           lines: dict[Path_, int]) -> None:  # fmt: skip
+def _merge_with_origins(
+    into: dict[str, Any], data: Mapping[str, Any], prefix: Path_, source: str, origins: Origins, lines: dict[Path_, int]
+) -> None:
     for raw_key, value in data.items():
         key = str(raw_key)  # YAML allows `1:` or `null:` keys; they become unknown-key errors, not a crash
         path = (*prefix, key)
         section = isinstance(value, Mapping)
         origins.add(path, source, lines.get(path, 0), section)
         if section and isinstance(into.get(key), dict):
-            _merge(into[key], value, path, source, origins, lines)
+            _merge_with_origins(into[key], value, path, source, origins, lines)
         else:
-            into[key] = _plain(value)
+            into[key] = _plain_dicts(value)
             if section:
-                _record(value, path, source, origins, lines)
+                _record_origins(value, path, source, origins, lines)
 
 
-def _record(data: Mapping[str, Any], prefix: Path_, source: str, origins: Origins, lines: dict[Path_, int]) -> None:
+def _record_origins(
+    data: Mapping[str, Any], prefix: Path_, source: str, origins: Origins, lines: dict[Path_, int]
+) -> None:
     for raw_key, value in data.items():
         path = (*prefix, str(raw_key))
         origins.add(path, source, lines.get(path, 0), isinstance(value, Mapping))
         if isinstance(value, Mapping):
-            _record(value, path, source, origins, lines)
+            _record_origins(value, path, source, origins, lines)
 
 
-def _plain(value: Any) -> Any:
+def _plain_dicts(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain_dicts(v) for k, v in value.items()}
     return value
 
 

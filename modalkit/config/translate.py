@@ -7,6 +7,8 @@ import json
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from modalkit.config.names import APP_POSTFIX_ENV, RESOLVED_CONFIG_ENV
+from modalkit.config.sources import dotenv_value
 from modalkit.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -15,10 +17,17 @@ if TYPE_CHECKING:
 
 # Runtime dependencies of modalkit that a Modal image needs when modalkit is not installed as a package.
 _FALLBACK_REQUIREMENTS = [
-    "fastapi>=0.110", "pydantic>=2.7", "pydantic-settings>=2.3", "pyyaml>=6", "click>=8", "redis>=5",
-    "prometheus-client>=0.20", "httpx>=0.27", "opentelemetry-sdk>=1.25",
+    "fastapi>=0.110",
+    "pydantic>=2.7",
+    "pydantic-settings>=2.3",
+    "pyyaml>=6",
+    "click>=8",
+    "redis>=5",
+    "prometheus-client>=0.20",
+    "httpx>=0.27",
+    "opentelemetry-sdk>=1.25",
     "opentelemetry-instrumentation-fastapi>=0.46b0",
-]  # fmt: skip
+]
 
 
 def modalkit_requirements() -> list[str]:
@@ -46,7 +55,7 @@ def extra_requirements(settings: ModalkitSettings) -> list[str]:
     return [r.split(";")[0].strip() for r in requires if any(f'extra == "{e}"' in r for e in extras)]
 
 
-def image(settings: ModalkitSettings) -> Any:
+def build_image(settings: ModalkitSettings) -> Any:
 
     build = settings.app_settings.build_config
     img = _base_image(build)
@@ -62,15 +71,15 @@ def image(settings: ModalkitSettings) -> Any:
     if build.model_download is not None:
         step = build.model_download
         img = img.run_function(
-            _import_function(step.function), kwargs=step.kwargs, secrets=_secrets(step.secrets), gpu=step.gpu,
+            _import_function(step.function),
+            kwargs=step.kwargs,
+            secrets=_modal_secrets(step.secrets),
+            gpu=step.gpu,
             timeout=step.timeout,
-        )  # fmt: skip
+        )
     if build.workdir:
         img = img.workdir(build.workdir)
     # Last: the resolved config changes often, and every layer after it would be rebuilt.
-    from modalkit.config.settings import APP_POSTFIX_ENV, RESOLVED_CONFIG_ENV
-    from modalkit.config.sources import dotenv_value
-
     resolved = {RESOLVED_CONFIG_ENV: resolved_config_json(settings)}
     postfix = dotenv_value(APP_POSTFIX_ENV)
     if postfix is not None:  # the containers name the app as the deploy did
@@ -119,7 +128,7 @@ def resolved_config_json(settings: ModalkitSettings) -> str:
 def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
     deploy = settings.app_settings.deployment_config
     kwargs: dict[str, Any] = {
-        "image": image(settings),
+        "image": build_image(settings),
         "timeout": deploy.timeout,
         "min_containers": deploy.min_containers,
         "scaledown_window": deploy.scaledown_window,
@@ -134,14 +143,14 @@ def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
         "buffer_containers": deploy.buffer_containers,
         "region": deploy.region,
         "cloud": deploy.cloud,
-        "retries": _retries(deploy),
+        "retries": _modal_retries(deploy),
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if deploy.enable_memory_snapshot:
         kwargs["enable_memory_snapshot"] = True
     if deploy.secrets:
-        kwargs["secrets"] = _secrets(deploy.secrets)
-    mounts = volumes(deploy)
+        kwargs["secrets"] = _modal_secrets(deploy.secrets)
+    mounts = modal_volumes(deploy)
     if mounts:
         kwargs["volumes"] = mounts
     return kwargs
@@ -151,9 +160,9 @@ def handler_settings(settings: ModalkitSettings) -> dict[str, Any]:
     deploy = settings.app_settings.deployment_config
     auth = settings.app_settings.auth_config
     names = [*deploy.secrets, *([auth.api_key_secret] if auth.api_key_secret else [])]
-    kwargs: dict[str, Any] = {"image": image(settings), "timeout": deploy.timeout}
+    kwargs: dict[str, Any] = {"image": build_image(settings), "timeout": deploy.timeout}
     if names:
-        kwargs["secrets"] = _secrets(names)
+        kwargs["secrets"] = _modal_secrets(names)
     return kwargs
 
 
@@ -176,25 +185,27 @@ def enter_settings(settings: ModalkitSettings) -> dict[str, Any]:
     return {"snap": True} if settings.app_settings.deployment_config.enable_memory_snapshot else {}
 
 
-def _retries(deploy: DeploymentConfig) -> Any:
+def _modal_retries(deploy: DeploymentConfig) -> Any:
     import modal
 
     if deploy.retries is None or isinstance(deploy.retries, int):
         return deploy.retries
     policy = deploy.retries
     return modal.Retries(
-        max_retries=policy.max_retries, backoff_coefficient=policy.backoff_coefficient,
-        initial_delay=policy.initial_delay, max_delay=policy.max_delay,
-    )  # fmt: skip
+        max_retries=policy.max_retries,
+        backoff_coefficient=policy.backoff_coefficient,
+        initial_delay=policy.initial_delay,
+        max_delay=policy.max_delay,
+    )
 
 
-def _secrets(names: list[str]) -> list[Any]:
+def _modal_secrets(names: list[str]) -> list[Any]:
     import modal
 
     return [modal.Secret.from_name(name) for name in names]
 
 
-def volumes(deploy: DeploymentConfig) -> dict[str, Any]:
+def modal_volumes(deploy: DeploymentConfig) -> dict[str, Any]:
     import modal
 
     mounts: dict[str, Any] = {

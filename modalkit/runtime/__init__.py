@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from modalkit.config import ModalConfig
-from modalkit.jobs import AsyncRequest, JobView
+from modalkit.jobs import AsyncRequest, Job
 from modalkit.observation import Observation
 
 
@@ -23,7 +23,7 @@ class Runtime(Protocol):
         """Accept an async job durably; returns its id. May raise `QueueFull`."""
         ...
 
-    async def job(self, job_id: str) -> JobView | None:
+    async def job(self, job_id: str) -> Job | None:
         """The job's state, None if unknown; may raise `JobExpired`."""
         ...
 
@@ -34,13 +34,24 @@ class Runtime(Protocol):
         ...
 
 
-def select_runtime(service: Any, config: ModalConfig, model_names: list[str], input_model: type[BaseModel]) -> Runtime:
+def select_runtime(
+    service: Any, config: ModalConfig, model_names: list[str], input_model: type[BaseModel], deployed: bool = False
+) -> Runtime:
+    """The runtime for where this process runs: Modal's inside a Modal container, the local one elsewhere.
+
+    `deployed`: call the app deployed on Modal (`modal deploy`), looked up by app and class name, from anywhere.
+    """
     import modal
 
-    if not modal.is_local():
+    if deployed or not modal.is_local():
         from modalkit.runtime.modal import ModalRuntime
 
-        return ModalRuntime(service, model_names)
+        if not deployed:
+            return ModalRuntime(service, model_names)
+        from modalkit.app_loader import user_class
+
+        found = modal.Cls.from_name(config.app_name, user_class(service).__name__)
+        return ModalRuntime(found, model_names, local=service)
     from modalkit.runtime.local import LocalRuntime
 
     return LocalRuntime(service, config, model_names, input_model)

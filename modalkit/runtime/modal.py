@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modalkit.exceptions import JobExpired
-from modalkit.jobs import AsyncRequest, JobView, job_outcome
+from modalkit.jobs import AsyncRequest, Job, job_outcome
 from modalkit.observation import Observation
 from modalkit.outcome import Failure
 
@@ -31,14 +31,14 @@ class ModalRuntime:
         try:
             return await self._objects[model_name].process_request.remote.aio(item)
         except modal.exception.Error as exc:
-            return Failure(503, f"the model container failed: {type(exc).__name__}: {exc}", "unavailable")
+            return Failure("unavailable", f"the model container failed: {type(exc).__name__}: {exc}")
 
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:
         """The job id is the FunctionCall id; the container pushes the result to the request's queues."""
         call = await self._objects[model_name].process_request.spawn.aio(request)
         return str(call.object_id)
 
-    async def job(self, job_id: str) -> JobView | None:
+    async def job(self, job_id: str) -> Job | None:
         import modal.exception
 
         call = self._function_call.from_id(job_id)
@@ -47,15 +47,15 @@ class ModalRuntime:
         except modal.exception.OutputExpiredError:  # before TimeoutError: it is a subclass of modal's
             raise JobExpired(f"the result of job {job_id} has expired (Modal keeps results for a while)") from None
         except (TimeoutError, modal.exception.TimeoutError):
-            return JobView(job_id, "running")  # Modal does not tell queued from running
+            return Job(job_id=job_id, status="running")  # Modal does not tell queued from running
         except modal.exception.NotFoundError:
             return None
         except modal.exception.Error as exc:
-            return JobView(job_id, "failed", error={"status_code": 503, "detail": f"{type(exc).__name__}: {exc}"})
+            result = Failure("unavailable", f"{type(exc).__name__}: {exc}")
         status, outcome = job_outcome(result)
         if status == "failed":
-            return JobView(job_id, "failed", error=outcome)
-        return JobView(job_id, "succeeded", result=outcome)
+            return Job(job_id=job_id, status="failed", error=outcome)
+        return Job(job_id=job_id, status="succeeded", result=outcome)
 
     def ready(self) -> bool:
         return True

@@ -12,13 +12,25 @@ _REDIS_REFUSALS = ("WRONGTYPE", "NOPERM", "ERR Protocol error", "ERR string exce
 # AWS answers 4xx for a bad request, but these go away by waiting or by fixing credentials: keep the result.
 _AWS_RETRYABLE = frozenset(
     {
-        "Throttling", "ThrottlingException", "RequestThrottled", "RequestThrottledException",
-        "TooManyRequestsException", "AWS.SimpleQueueService.RequestThrottled", "KmsThrottled",
-        "RequestTimeout", "RequestTimeoutException", "ExpiredToken", "ExpiredTokenException",
-        "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch", "RequestExpired",
-        "AccessDenied", "AccessDeniedException",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "AWS.SimpleQueueService.RequestThrottled",
+        "KmsThrottled",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "RequestExpired",
+        "AccessDenied",
+        "AccessDeniedException",
     }
-)  # fmt: skip
+)
 _MODAL_REFUSALS = frozenset({"RequestSizeError", "InvalidError", "SerializationError"})
 
 

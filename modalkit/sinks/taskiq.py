@@ -9,7 +9,7 @@ from typing import Any
 
 from modalkit.exceptions import ConfigError
 
-logger = logging.getLogger("modalkit.queues")
+logger = logging.getLogger("modalkit.sinks")
 
 BROKER_PATH = "app_settings.queue_config.broker_url"
 REDIS_SCHEMES = ("redis", "rediss", "unix")

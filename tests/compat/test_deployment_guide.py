@@ -118,11 +118,14 @@ def test_handler_concurrency_without_the_decorator_names_the_line_to_add(in_fold
 
 
 def test_guide_app_serves_modalkit_requests(serve: Any, redis_url: str, redis_client: Any) -> None:
-    server = serve(GUIDE / "app.py", env={
-        "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND": "redis",
-        "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__REDIS_URL": redis_url,
-        "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__MESSAGE_FORMAT": "modalkit",
-    })  # fmt: skip
+    server = serve(
+        GUIDE / "app.py",
+        env={
+            "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND": "redis",
+            "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__REDIS_URL": redis_url,
+            "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__MESSAGE_FORMAT": "modalkit",
+        },
+    )
     answer = httpx.post(f"{server.url}/predict_sync", params={"model_name": "my_model"}, json={"text": "awful, slow"})
     assert answer.status_code == 200
     assert answer.json() == {"status": "success", "error": None, "meta": {}, "label": "negative", "score": -1.25}
@@ -150,6 +153,11 @@ def test_guide_app_serves_modalkit_requests(serve: Any, redis_url: str, redis_cl
     success = json.loads(wait_for(lambda: redis_client.lpop(ok)))
     assert success == {"status": "success", "meta": {"t": "fine and good"}, "label": "positive", "score": 0.75}
     failure = json.loads(wait_for(lambda: redis_client.lpop(failed)))
-    assert failure == {"status": "error", "error": "no known words in the text", "meta": {"t": "??"}, "label": "",
-                       "score": 0.0}  # fmt: skip
+    assert failure == {
+        "status": "error",
+        "error": "no known words in the text",
+        "meta": {"t": "??"},
+        "label": "",
+        "score": 0.0,
+    }
     assert redis_client.llen(ok) == 0 and redis_client.llen(failed) == 0

@@ -33,8 +33,12 @@ def pipeline(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_inference_pipeline_serves_a_batch_with_item_errors(pipeline: Any) -> None:
-    batch = [pipeline.Numbers(values=[1, 2, 3]), pipeline.Numbers(values=[]), pipeline.Numbers(values=[float("nan")]),
-             pipeline.Numbers(values=[4])]  # fmt: skip
+    batch = [
+        pipeline.Numbers(values=[1, 2, 3]),
+        pipeline.Numbers(values=[]),
+        pipeline.Numbers(values=[float("nan")]),
+        pipeline.Numbers(values=[4]),
+    ]
     outputs = pipeline.PipelineApp(model_name="double").process_request.local(batch)
     assert (outputs[0].status, outputs[0].mean, outputs[0].folder) == ("success", 4.0, "/srv/models")
     assert (outputs[1].status, outputs[1].error) == ("error", "values is empty")  # reported by the model
@@ -125,7 +129,7 @@ class Echoed(BaseModel):
 def test_an_input_with_its_own_message_field_is_not_taken_for_the_envelope() -> None:
     from pydantic import create_model
 
-    from modalkit.async_routes import parse_job
+    from modalkit.web.async_routes import parse_job
 
     envelope = create_model("E", message=(Message, ...), success_queue=(str | None, None))
     bare = parse_job(envelope, Message, {"message": "hello", "priority": 2})
@@ -147,7 +151,7 @@ class StandInService:
     def __init__(self, model_name: str) -> None:
         async def remote(item: Any) -> Any:
             self.calls.append(("remote", model_name, item))
-            return Failure(422, "too short") if item.message == "x" else Echoed(message=item.message.upper())
+            return Failure("rejected", "too short") if item.message == "x" else Echoed(message=item.message.upper())
 
         async def spawn(request: AsyncRequest) -> StandInCall:
             self.calls.append(("spawn", model_name, request))
@@ -185,8 +189,9 @@ def test_create_web_endpoints_takes_app_cls_by_keyword(pipeline: Any, tmp_path: 
     from modalkit.runtime.modal import ModalRuntime
 
     runtime = ModalRuntime(StandInService, ["mean"])
-    app = create_web_endpoints(app_cls=pipeline.PipelineApp, input_model=pipeline.Numbers,
-                               output_model=pipeline.Stats, runtime=runtime)  # fmt: skip
+    app = create_web_endpoints(
+        app_cls=pipeline.PipelineApp, input_model=pipeline.Numbers, output_model=pipeline.Stats, runtime=runtime
+    )
     with TestClient(app) as client:
         assert {"/predict_sync", "/predict_async", "/health"} <= {r.path for r in app.routes}  # type: ignore[attr-defined]
         assert client.get("/health").status_code == 200
@@ -194,11 +199,15 @@ def test_create_web_endpoints_takes_app_cls_by_keyword(pipeline: Any, tmp_path: 
 
 def test_async_config_timeout_fails_a_job_that_runs_too_long(serve: Any) -> None:
     # Two warm containers: the slow job holds one past its timeout, the quick one runs beside it.
-    server = serve(APPS / "echo_app.py", config=APPS / "echo.yaml", env={
-        "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__JOB_TIMEOUT_SECONDS": "1",
-        "MODALKIT_APP_SETTINGS__DEPLOYMENT_CONFIG__MIN_CONTAINERS": "2",
-        "MODALKIT_APP_SETTINGS__DEPLOYMENT_CONFIG__MAX_CONTAINERS": "2",
-    })  # fmt: skip
+    server = serve(
+        APPS / "echo_app.py",
+        config=APPS / "echo.yaml",
+        env={
+            "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__JOB_TIMEOUT_SECONDS": "1",
+            "MODALKIT_APP_SETTINGS__DEPLOYMENT_CONFIG__MIN_CONTAINERS": "2",
+            "MODALKIT_APP_SETTINGS__DEPLOYMENT_CONFIG__MAX_CONTAINERS": "2",
+        },
+    )
     wait_for(lambda: server.model_health("echo")["ready_containers"] == 2)
     slow = httpx.post(f"{server.url}/predict_async", json={"text": "sleep:3"}).json()["job_id"]
 
@@ -240,6 +249,10 @@ def test_modalkit_message_format_on_the_modal_path(
     assert "error" not in success
     failure = json.loads(redis_client.lpop(failed))
     assert failure["status"] == "error" and "cannot echo 'bad'" in failure["error"] and failure["meta"] == {}
-    assert failure["original_message"] == {"message": {"text": "bad"}, "success_queue": ok, "failure_queue": failed,
-                                           "meta": {"id": 2}}  # fmt: skip
+    assert failure["original_message"] == {
+        "message": {"text": "bad"},
+        "success_queue": ok,
+        "failure_queue": failed,
+        "meta": {"id": 2},
+    }
     redis_client.delete(ok, failed)

@@ -16,7 +16,6 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
-from modalkit import task_queue
 from modalkit.app_loader import import_app
 from modalkit.exceptions import ConfigDeprecationWarning, ConfigError, TypeValidationError
 from modalkit.inference_pipeline import InferencePipeline
@@ -32,6 +31,7 @@ from modalkit.settings import (
     ModelSettings,
     Settings,
 )
+from modalkit.sinks import registry
 from modalkit.task_queue import SQSBackend, create_backend, register_backend, send_response_queue
 from tests import test_aws
 from tests.compat import test_config_compat
@@ -524,7 +524,7 @@ class CannotStart:
 def test_send_response_queue_is_false_when_the_backend_fails(
     backend: type, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(task_queue, "_REGISTERED", dict(task_queue._REGISTERED))
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
     register_backend("checklist-backend", backend)
     (folder / "modalkit.yaml").write_text("app_settings:\n  queue_config: {backend: checklist-backend}\n")
     assert send_response_queue("results", json.dumps({"status": "success"})) is False

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from modalkit.auth import resolve_api_key
 from modalkit.config.schema import AuthConfig
 from modalkit.exceptions import ConfigError
+from modalkit.web.auth import resolve_api_key
 from tests.conftest import APPS, Server
 
 KEY = "k-3f9a0c1e5b7d"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from modalkit.config.schema import LimitsConfig
-from modalkit.http_body import parse_async
+from modalkit.web.body import parse_async
 from tests.conftest import APPS, Server, wait_for
 
 ECHO, TALLY, CONFIG = APPS / "echo_app.py", APPS / "tally_app.py", APPS / "echo.yaml"

@@ -19,9 +19,9 @@ from botocore.exceptions import ClientError
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import DeliveryRefused
 from modalkit.jobs import AsyncRequest
-from modalkit.queues import MemorySink, deliver, queue_allowed
 from modalkit.runtime.local.delivery import Deliveries
 from modalkit.runtime.local.job_store import JobStore
+from modalkit.sinks import MemorySink, deliver, queue_allowed
 from modalkit.sinks.failures import permanent_reason
 from tests.conftest import APPS, Server, wait_for
 
@@ -185,7 +185,7 @@ def test_nan_is_never_pushed(tmp_path: Path) -> None:
     assert [m["job_id"] for m in sink.queues["q"]] == ["fine"]
     view = store.view("nan")
     assert view is not None and view.delivery is not None
-    assert view.delivery["state"] == "failed" and "not JSON" in view.delivery["error"]
+    assert view.delivery.state == "failed" and view.delivery.error is not None and "not JSON" in view.delivery.error
 
 
 def test_which_push_failures_are_for_good() -> None:

@@ -6,23 +6,17 @@ import asyncio
 import contextlib
 import os
 import sys
+from asyncio.subprocess import PIPE
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from modalkit.app_loader import ServiceRef
+from modalkit.exceptions import ContainerDied, ContainerLoadFailed
 from modalkit.runtime.local import frames
 
 T = TypeVar("T")
 
 _EXIT_WAIT_S = 2.0  # after a pipe error, how long the process may take to exit before it is killed
-
-
-class ContainerLoadFailed(Exception):
-    """The process could not be started, `load_artefacts` raised, or the process died while loading."""
-
-
-class ContainerDied(Exception):
-    """The process ended while a batch was in flight (crash, OOM kill, SIGKILL), or its pipes failed."""
 
 
 class Container:
@@ -32,7 +26,6 @@ class Container:
         self.env = {**os.environ, **(env or {})}
         self._proc: asyncio.subprocess.Process | None = None
         self._exit: asyncio.Task[int] | None = None
-        self.load_seconds = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -49,10 +42,8 @@ class Container:
             # A session of its own: a SIGINT or SIGTERM to the server's process group (Ctrl-C, killpg) leaves
             # the container running, so the server can drain it; the worker exits when the server dies.
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modalkit.runtime.local.worker",
-                self.ref.app_path, self.ref.attribute, self.model_name,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=self.env, start_new_session=True,
-            )  # fmt: skip
+                *self._command(), stdin=PIPE, stdout=PIPE, env=self.env, start_new_session=True
+            )
         except Exception as exc:  # out of file descriptors or memory, interpreter gone: not the model's fault
             raise ContainerLoadFailed(f"the container process could not start: {type(exc).__name__}: {exc}") from None
         self._exit = asyncio.ensure_future(self._proc.wait())
@@ -63,7 +54,10 @@ class Container:
         if kind != "ready":
             await self.stop()
             raise ContainerLoadFailed(info)
-        self.load_seconds = info["load_seconds"]
+
+    def _command(self) -> tuple[str, ...]:
+        worker = "modalkit.runtime.local.worker"
+        return (sys.executable, "-m", worker, self.ref.app_path, self.ref.attribute, self.model_name)
 
     async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
         """Send one batch; its results and when inference started and ended (ns). `ContainerDied` if it goes."""

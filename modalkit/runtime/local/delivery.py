@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from modalkit.config.schema import QueueConfig
 from modalkit.jobs import sink_message
-from modalkit.queues import ResultSink
 from modalkit.runtime.local.job_store import JobStore, StoredJob
+from modalkit.sinks import ResultSink
 from modalkit.sinks.failures import permanent_reason
 
 logger = logging.getLogger("modalkit.jobs")
@@ -54,7 +54,7 @@ class Deliveries:
     def start(self) -> None:
         for job_id, queue in self._store.owed():  # what the last process had not pushed
             self.schedule(job_id, queue)
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        self._tasks = [asyncio.create_task(self._deliver_due()) for _ in range(self._workers)]
 
     async def stop(self) -> None:
         """Push nothing more; what is still owed stays so in the store and is pushed after the next start."""
@@ -77,9 +77,9 @@ class Deliveries:
         self._due.setdefault(queue, deque()).append(job_id)
         self._wake.set()
 
-    async def _work(self) -> None:
+    async def _deliver_due(self) -> None:
         while True:
-            picked = self._next()
+            picked = self._next_due()
             if picked is None:
                 self._wake.clear()
                 await self._wake.wait()
@@ -95,7 +95,7 @@ class Deliveries:
                 self._busy[queue] -= 1
                 self._wake.set()  # the queue may take another turn
 
-    def _next(self) -> tuple[str, str] | None:
+    def _next_due(self) -> tuple[str, str] | None:
         """The next job of the first queue, in turn order, that holds less than its share of the workers."""
         for queue in self._due:
             if self._busy[queue] < self._per_queue:
@@ -115,12 +115,12 @@ class Deliveries:
         try:
             await asyncio.get_running_loop().run_in_executor(self._threads, self._sink.push, queue, message)
         except Exception as exc:
-            self._failed(job, queue, exc)
+            self._push_failed(job, queue, exc)
             return
         self._store.delivered(job_id)
         self._owed.discard(job_id)
 
-    def _failed(self, job: StoredJob, queue: str, exc: Exception) -> None:
+    def _push_failed(self, job: StoredJob, queue: str, exc: Exception) -> None:
         reason = permanent_reason(exc)
         attempt = job.delivery_attempts + 1
         if reason is None:
@@ -129,8 +129,9 @@ class Deliveries:
             if left > 0:
                 delay = min(_LAST_RETRY_S, _FIRST_RETRY_S * 2 ** min(attempt - 1, 16), left)
                 self._store.delivery_retried(job.job_id, error)
-                logger.warning("job %s: push %d to %r failed, retried in %.1f s: %s", job.job_id, attempt, queue,
-                               delay, error)  # fmt: skip
+                logger.warning(
+                    "job %s: push %d to %r failed, retried in %.1f s: %s", job.job_id, attempt, queue, delay, error
+                )
                 self._retry_later(job.job_id, queue, delay)
                 return
             reason = f"the result expired after {attempt} failed pushes; the last: {error}"

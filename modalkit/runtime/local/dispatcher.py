@@ -17,12 +17,12 @@ from pydantic import BaseModel, ValidationError
 from modalkit import telemetry
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import QueueFull, ServiceUnavailable, StoreFull
-from modalkit.jobs import AsyncRequest, JobState, job_outcome, new_job_id
+from modalkit.jobs import AsyncRequest, job_outcome, new_job_id
 from modalkit.outcome import Failure
-from modalkit.queues import ResultSink
 from modalkit.runtime.local.delivery import Deliveries
 from modalkit.runtime.local.job_store import JobStore, StoredJob
 from modalkit.runtime.local.pool import ContainerPool
+from modalkit.sinks import ResultSink
 
 logger = logging.getLogger("modalkit.jobs")
 
@@ -31,8 +31,15 @@ _SWEEP_PAGES = 256  # free pages given back to the file system per step
 
 
 class JobDispatcher:
-    def __init__(self, store: JobStore, pools: dict[str, ContainerPool], input_model: type[BaseModel],
-                 config: QueueConfig, sink: ResultSink, max_in_flight: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: JobStore,
+        pools: dict[str, ContainerPool],
+        input_model: type[BaseModel],
+        config: QueueConfig,
+        sink: ResultSink,
+        max_in_flight: int,
+    ) -> None:
         self.store = store
         self._pools = pools
         self._input_model = input_model
@@ -89,7 +96,7 @@ class JobDispatcher:
             self.store.insert(job_id, model_name, payload, request, trace_context)
         except sqlite3.Error as exc:  # disk full, read-only, locked: refuse the job, keep the store intact
             logger.error("job store refused a job: %s", exc)
-            raise ServiceUnavailable(f"the job store cannot take the job ({exc}); retry later") from None
+            raise ServiceUnavailable(f"the job store cannot take the job ({exc}); retry later", retry_after=5) from None
         self.pending += 1
         self._reserved += size
         self._ready.put_nowait(job_id)
@@ -140,7 +147,7 @@ class JobDispatcher:
             try:
                 item = self._input_model.model_validate_json(job.payload)
             except ValidationError as exc:  # the input model changed since the job was accepted
-                await self._finish(job, "failed", {"status_code": 422, "detail": str(exc)})
+                await self._finish(job, Failure("rejected", str(exc)))
                 return
             attributes: dict[str, AttributeValue] = {
                 "modalkit.job_id": job_id,
@@ -160,7 +167,7 @@ class JobDispatcher:
             self.store.requeue(job_id)
             self._ready.put_nowait(job_id)
         else:
-            await self._finish(job, *job_outcome(result))
+            await self._finish(job, result)
 
     async def _within_job_timeout(self, answer: Awaitable[Any]) -> Any:
         """The result, or a failure once the job has run for `queue_config.job_timeout_seconds`."""
@@ -169,11 +176,12 @@ class JobDispatcher:
             return await asyncio.wait_for(answer, limit)
         except TimeoutError:
             # The job's own doing (ModalKit's async_config.timeout): failed, not retried.
-            return Failure(504, f"the job ran past queue_config.job_timeout_seconds ({limit:g} s)")
+            return Failure("job_timeout", f"the job ran past queue_config.job_timeout_seconds ({limit:g} s)")
 
-    async def _finish(self, job: StoredJob, status: JobState, outcome: Any) -> None:
-        request = job.request
-        queue = request.success_queue if status == "succeeded" else request.failure_queue
+    async def _finish(self, job: StoredJob, result: Any) -> None:
+        """Record the job's result (an output or a `Failure`) and owe it to its queue, if it named one."""
+        status, outcome = job_outcome(result)
+        queue = job.request.queue_for(status)
         if not self.store.finish(job.job_id, status, outcome, self._config.result_ttl_seconds, queue is not None):
             return
         self.pending -= 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modalkit.jobs import AsyncRequest, DeliveryState, JobState, JobView
+from modalkit.jobs import PENDING_STATES, AsyncRequest, Delivery, DeliveryState, Job, JobState
 
 logger = logging.getLogger("modalkit.jobs")
 
@@ -48,11 +48,18 @@ _COLUMNS = (
     "id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace_context, result,"
     " error, expires_at, delivery, delivery_attempts, delivery_error"
 )
+_PENDING = "(" + ", ".join(f"'{state}'" for state in PENDING_STATES) + ")"  # SQL: status IN _PENDING
 _WAL_KEPT_BYTES = 8 * 1024 * 1024  # after a checkpoint the WAL file is cut back to this
 
 
 @dataclass(frozen=True)
 class StoredJob:
+    """A job's row: what running it takes (payload, request, trace context) and where it stands.
+
+    `outcome` is the result of a succeeded job or the error of a failed one; `delivery` is None when the job
+    named no queue for its result. `as_job` is what the API reports of it.
+    """
+
     job_id: str
     model_name: str
     status: JobState
@@ -67,10 +74,22 @@ class StoredJob:
     delivery_attempts: int = 0
     delivery_error: str | None = None
 
-    @property
-    def queue(self) -> str | None:
-        """Where the result goes: the success queue of a succeeded job, the failure queue of a failed one."""
-        return self.request.success_queue if self.status == "succeeded" else self.request.failure_queue
+    def as_job(self) -> Job:
+        """The job as `GET /predict_async/{job_id}` answers it."""
+        delivery = None
+        if self.delivery is not None:
+            queue = self.request.queue_for(self.status)
+            delivery = Delivery(
+                state=self.delivery, queue=queue, attempts=self.delivery_attempts, error=self.delivery_error
+            )
+        return Job(
+            job_id=self.job_id,
+            status=self.status,
+            attempts=self.attempts,
+            result=self.outcome if self.status == "succeeded" else None,
+            error=self.outcome if self.status == "failed" else None,
+            delivery=delivery,
+        )
 
 
 @dataclass(frozen=True)
@@ -119,15 +138,29 @@ class JobStore:
     def close(self) -> None:
         self._db.close()
 
-    def insert(self, job_id: str, model_name: str, payload: str, request: AsyncRequest,
-               trace_context: dict[str, str] | None = None) -> None:  # fmt: skip
+    def insert(
+        self,
+        job_id: str,
+        model_name: str,
+        payload: str,
+        request: AsyncRequest,
+        trace_context: dict[str, str] | None = None,
+    ) -> None:
+        meta = json.dumps(request.meta) if request.meta is not None else None
         self._db.execute(
             "INSERT INTO jobs (id, model_name, status, payload, success_queue, failure_queue, meta, trace_context,"
             " created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-            (job_id, model_name, payload, request.success_queue, request.failure_queue,
-             json.dumps(request.meta) if request.meta is not None else None,
-             json.dumps(trace_context or {}), time.time()),
-        )  # fmt: skip
+            (
+                job_id,
+                model_name,
+                payload,
+                request.success_queue,
+                request.failure_queue,
+                meta,
+                json.dumps(trace_context or {}),
+                time.time(),
+            ),
+        )
         self._rows += 1
 
     def claim(self, job_id: str) -> StoredJob | None:
@@ -182,22 +215,11 @@ class JobStore:
 
     def get(self, job_id: str) -> StoredJob | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _stored(row) if row else None
+        return _stored_job(row) if row else None
 
-    def view(self, job_id: str) -> JobView | None:
+    def view(self, job_id: str) -> Job | None:
         job = self.get(job_id)
-        if job is None:
-            return None
-        view = JobView(job.job_id, job.status, attempts=job.attempts)
-        if job.status == "succeeded":
-            view.result = job.outcome
-        elif job.status == "failed":
-            view.error = job.outcome
-        if job.delivery is not None:
-            view.delivery = {"state": job.delivery, "queue": job.queue, "attempts": job.delivery_attempts}
-            if job.delivery_error is not None:
-                view.delivery["error"] = job.delivery_error
-        return view
+        return job.as_job() if job is not None else None
 
     def resume(self) -> list[str]:
         """After a restart: jobs left running go back to queued; all queued job ids, oldest first."""
@@ -209,19 +231,22 @@ class JobStore:
 
     def owed(self) -> list[tuple[str, str]]:
         """(job id, queue) of every result still owed to its queue."""
-        return list(
-            self._db.execute(
-                "SELECT id, CASE status WHEN 'succeeded' THEN success_queue ELSE failure_queue END FROM jobs"
-                " WHERE delivery = 'pending' ORDER BY finished_at"
-            )
+        rows = self._db.execute(
+            "SELECT id, status, success_queue, failure_queue FROM jobs WHERE delivery = 'pending' ORDER BY finished_at"
         )
+        owed = (
+            (job_id, AsyncRequest(None, success, failure).queue_for(status))
+            for job_id, status, success, failure in rows
+        )
+        return [(job_id, queue) for job_id, queue in owed if queue is not None]
 
     def pending_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0])
+        query = f"SELECT count(*) FROM jobs WHERE status IN {_PENDING}"
+        return int(self._db.execute(query).fetchone()[0])
 
     def pending_bytes(self) -> int:
         """The size of the inputs of the jobs queued or running."""
-        query = "SELECT coalesce(sum(length(CAST(payload AS BLOB))), 0) FROM jobs WHERE status IN ('queued', 'running')"
+        query = f"SELECT coalesce(sum(length(CAST(payload AS BLOB))), 0) FROM jobs WHERE status IN {_PENDING}"
         return int(self._db.execute(query).fetchone()[0])
 
     def counts(self) -> dict[str, int]:
@@ -275,10 +300,23 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _stored(row: tuple[Any, ...]) -> StoredJob:
-    (job_id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace, result,
-     error, expires_at, delivery, delivery_attempts, delivery_error) = row  # fmt: skip
+def _stored_job(row: tuple[Any, ...]) -> StoredJob:
+    job_id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace = row[:10]
+    result, error, expires_at, delivery, delivery_attempts, delivery_error = row[10:]
     request = AsyncRequest(payload, success_queue, failure_queue, json.loads(meta) if meta else None)
     outcome = json.loads(result) if result is not None else json.loads(error) if error is not None else None
-    return StoredJob(job_id, model_name, status, payload, request, attempts, bool(suspect), json.loads(trace or "{}"),
-                     outcome, expires_at, delivery, delivery_attempts, delivery_error)  # fmt: skip
+    return StoredJob(
+        job_id=job_id,
+        model_name=model_name,
+        status=status,
+        payload=payload,
+        request=request,
+        attempts=attempts,
+        suspect=bool(suspect),
+        trace_context=json.loads(trace or "{}"),
+        outcome=outcome,
+        expires_at=expires_at,
+        delivery=delivery,
+        delivery_attempts=delivery_attempts,
+        delivery_error=delivery_error,
+    )

@@ -11,20 +11,27 @@ from pydantic import BaseModel
 
 from modalkit.app_loader import service_ref, user_class
 from modalkit.config import ModalConfig
-from modalkit.jobs import AsyncRequest, JobView
+from modalkit.jobs import AsyncRequest, Job
 from modalkit.observation import Observation
-from modalkit.queues import ResultSink, make_sink
+from modalkit.runtime.capacity import in_flight_window
 from modalkit.runtime.local.dispatcher import JobDispatcher
 from modalkit.runtime.local.job_store import JobStore
 from modalkit.runtime.local.pool import ContainerPool
+from modalkit.sinks import ResultSink, make_sink
 
 
 class LocalRuntime:
-    def __init__(self, service: Any, config: ModalConfig, model_names: list[str], input_model: type[BaseModel],
-                 sink: ResultSink | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        service: Any,
+        config: ModalConfig,
+        model_names: list[str],
+        input_model: type[BaseModel],
+        sink: ResultSink | None = None,
+    ) -> None:
         ref = service_ref(service)
         self.config = config
-        self.pools = {name: ContainerPool(ref, name, config) for name in model_names}
+        self.pools = {name: ContainerPool.from_config(ref, name, config) for name in model_names}
         self._input_model = input_model
         self._queue_backend = getattr(user_class(service), "queue_backend", None)
         self.sink = sink
@@ -32,10 +39,9 @@ class LocalRuntime:
 
     async def start(self) -> None:
         queue_config = self.config.app_settings.queue_config
-        batch_config = self.config.app_settings.batch_config
         self.sink = self.sink or make_sink(queue_config, self._queue_backend)
-        in_flight = 2 * batch_config.max_batch_size * sum(p.max_containers for p in self.pools.values())
         store = JobStore(queue_config.job_store)
+        in_flight = in_flight_window(self.config, len(self.pools))
         self.jobs = JobDispatcher(store, self.pools, self._input_model, queue_config, self.sink, in_flight)
         for pool in self.pools.values():
             await pool.start()
@@ -55,7 +61,7 @@ class LocalRuntime:
         assert self.jobs is not None, "the runtime is not started"
         return self.jobs.accept(model_name, request)
 
-    async def job(self, job_id: str) -> JobView | None:
+    async def job(self, job_id: str) -> Job | None:
         assert self.jobs is not None, "the runtime is not started"
         return self.jobs.store.view(job_id)
 

@@ -21,7 +21,6 @@ from modalkit.iomodel import reported_error
 from modalkit.outcome import Encoded, Failure, Reported
 from modalkit.runtime.local import frames
 
-EXIT_RECYCLE = 75
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -29,7 +28,6 @@ def main(argv: list[str]) -> int:
     app_path, attribute, model_name = argv
     _live_and_die_with_the_server()
     frames_in, frames_out = _take_over_stdio()
-    started = time.perf_counter()
     try:
         service = load_service(ServiceRef(app_path, attribute))
         obj = service(**_parameters(service, model_name))
@@ -38,7 +36,7 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:
         _send(frames_out, ("load_failed", f"{type(exc).__name__}: {exc}"))
         return 3
-    _send(frames_out, ("ready", {"pid": os.getpid(), "load_seconds": time.perf_counter() - started}))
+    _send(frames_out, ("ready", None))
     while True:
         message = frames.read_blocking(frames_in)
         if message is None or message[0] == "stop":
@@ -49,7 +47,7 @@ def main(argv: list[str]) -> int:
         results = [_encoded(r) for r in run_batch(items)]
         _send(frames_out, ("results", results, (started_ns, time.time_ns())), fallback_size=len(items))
         if any(isinstance(r, Failure) and r.recycles_container for r in results):
-            return EXIT_RECYCLE
+            return 0  # recycled: the server saw why in the results, and waits for this exit to replace it
 
 
 def _live_and_die_with_the_server() -> None:
@@ -85,7 +83,7 @@ def _encoded(result: Any) -> Any:
     try:
         return (Reported if reported_error(result) else Encoded)(pydantic_core.to_json(result))
     except Exception as exc:
-        return Failure(500, f"output is not JSON-serialisable: {type(exc).__name__}: {exc}")
+        return Failure("error", f"output is not JSON-serialisable: {type(exc).__name__}: {exc}")
 
 
 def _take_over_stdio() -> tuple[IO[bytes], IO[bytes]]:
@@ -106,7 +104,7 @@ def _send(stream: IO[bytes], message: Any, fallback_size: int = 0) -> None:
     try:
         data = frames.encode(message)
     except Exception as exc:  # an output that cannot be pickled fails its batch, not the container
-        failure = Failure(500, f"output could not be sent back: {type(exc).__name__}: {exc}")
+        failure = Failure("error", f"output could not be sent back: {type(exc).__name__}: {exc}")
         data = frames.encode(("results", [failure] * fallback_size, message[2]))
     stream.write(data)
     stream.flush()

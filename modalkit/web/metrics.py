@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from modalkit.config.pricing import DEFAULT_CPU_CORES, DEFAULT_MEMORY_MIB, PRICES_TAKEN_ON
 from modalkit.config.schema import AppSettings
+from modalkit.jobs import JobState
 from modalkit.observation import Observation
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -26,14 +27,17 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 class Metrics:
     def __init__(self, observe: Callable[[], Observation]) -> None:
         self.registry = CollectorRegistry()
+        labels = ["route", "method", "status"]
         self.requests = PromCounter(
-            "modalkit_requests", "HTTP requests by route and status", ["route", "method", "status"],
-            registry=self.registry,
-        )  # fmt: skip
+            "modalkit_requests", "HTTP requests by route and status", labels, registry=self.registry
+        )
         self.latency = PromHistogram(
-            "modalkit_request_duration_seconds", "HTTP request latency", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "modalkit_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_RuntimeCollector(observe))
 
     def render(self) -> bytes:
@@ -46,38 +50,46 @@ class _RuntimeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         seen = self._observe()
-        batch = HistogramMetricFamily("modalkit_batch_size", "items per batch run by a container", labels=["model"])
-        starts = CounterMetricFamily("modalkit_container_starts", "containers started (model loaded)", labels=["model"])
-        restarts = CounterMetricFamily("modalkit_container_restarts", "containers replaced, by cause",
-                                       labels=["model", "cause"])  # fmt: skip
-        cold = CounterMetricFamily("modalkit_cold_starts", "requests served by a container's first batch",
-                                   labels=["model"])  # fmt: skip
-        warm = CounterMetricFamily("modalkit_warm_starts", "requests served by a warm container", labels=["model"])
-        for model, stats in seen.pools.items():
-            buckets, total = [], 0
-            for bound in _BATCH_BUCKETS:
-                buckets.append((str(bound), sum(n for size, n in stats.batch_sizes.items() if size <= bound)))
-            buckets.append(("+Inf", sum(stats.batch_sizes.values())))
-            total = sum(size * n for size, n in stats.batch_sizes.items())
-            batch.add_metric([model], buckets, total)
-            starts.add_metric([model], stats.container_starts)
-            for cause, n in stats.restarts.items():
-                restarts.add_metric([model, cause], n)
-            cold.add_metric([model], stats.requests["cold"])
-            warm.add_metric([model], stats.requests["warm"])
-        depth = GaugeMetricFamily("modalkit_queue_depth", "items waiting for a batch", labels=["model"])
-        for model, n in seen.queue_depth.items():
-            depth.add_metric([model], n)
-        jobs = GaugeMetricFamily("modalkit_jobs", "async jobs in the store, by state", labels=["state"])
-        for state in ("queued", "running", "succeeded", "failed"):
-            jobs.add_metric([state], seen.jobs.get(state, 0))
-        found = [batch, starts, restarts, cold, warm, depth, jobs]
-        if seen.job_store:
-            found.append(GaugeMetricFamily("modalkit_job_store_rows", "jobs in the local job store",
-                                           value=seen.job_store["rows"]))  # fmt: skip
-            found.append(GaugeMetricFamily("modalkit_job_store_bytes", "bytes of the local job store's pages in use",
-                                           value=seen.job_store["bytes"]))  # fmt: skip
-        return found
+        return [*_pool_metrics(seen), *_queue_metrics(seen)]
+
+
+def _pool_metrics(seen: Observation) -> list[Metric]:
+    model = ["model"]
+    batch = HistogramMetricFamily("modalkit_batch_size", "items per batch run by a container", labels=model)
+    starts = CounterMetricFamily("modalkit_container_starts", "containers started (model loaded)", labels=model)
+    restarts = CounterMetricFamily(
+        "modalkit_container_restarts", "containers replaced, by cause", labels=["model", "cause"]
+    )
+    cold = CounterMetricFamily("modalkit_cold_starts", "requests served by a container's first batch", labels=model)
+    warm = CounterMetricFamily("modalkit_warm_starts", "requests served by a warm container", labels=model)
+    for name, stats in seen.pools.items():
+        sizes = stats.batch_sizes
+        buckets = [(str(bound), sum(n for size, n in sizes.items() if size <= bound)) for bound in _BATCH_BUCKETS]
+        buckets.append(("+Inf", sum(sizes.values())))
+        batch.add_metric([name], buckets, sum(size * n for size, n in sizes.items()))
+        starts.add_metric([name], stats.container_starts)
+        for cause, n in stats.restarts.items():
+            restarts.add_metric([name, cause], n)
+        cold.add_metric([name], stats.requests["cold"])
+        warm.add_metric([name], stats.requests["warm"])
+    return [batch, starts, restarts, cold, warm]
+
+
+def _queue_metrics(seen: Observation) -> list[Metric]:
+    depth = GaugeMetricFamily("modalkit_queue_depth", "items waiting for a batch", labels=["model"])
+    for name, n in seen.queue_depth.items():
+        depth.add_metric([name], n)
+    jobs = GaugeMetricFamily("modalkit_jobs", "async jobs in the store, by state", labels=["state"])
+    for state in get_args(JobState):
+        jobs.add_metric([state], seen.jobs.get(state, 0))
+    found: list[Metric] = [depth, jobs]
+    if seen.job_store:
+        rows, used = seen.job_store["rows"], seen.job_store["bytes"]
+        found.append(GaugeMetricFamily("modalkit_job_store_rows", "jobs in the local job store", value=rows))
+        found.append(
+            GaugeMetricFamily("modalkit_job_store_bytes", "bytes of the local job store's pages in use", value=used)
+        )
+    return found
 
 
 def usage(seen: Observation, app: AppSettings) -> dict[str, Any]:

@@ -2,8 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -13,31 +12,28 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from modalkit.config.schema import AppSettings
-from modalkit.exceptions import JobExpired, QueueFull, ServiceUnavailable, StoreFull
-from modalkit.http_body import located, parse_async, parse_json
-from modalkit.jobs import AsyncRequest
-from modalkit.queues import queue_allowed
-from modalkit.runtime import Runtime
+from modalkit.jobs import AsyncRequest, Job
+from modalkit.sinks import queue_allowed
+from modalkit.web.body import errors_at, parse_async, parse_json
+from modalkit.web.openapi import input_ref, openapi_body
+from modalkit.web.served import Served
 
 # ModalKit sends "" for "no queue"; SQS queue URLs (https://...) are names too.
 QUEUE_NAME = Field(None, max_length=1024, pattern=r"^$|^[A-Za-z0-9._:/-]+$")
 ENVELOPE_KEYS = frozenset({"message", "success_queue", "failure_queue", "meta"})
 
 
+ASYNC_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "`meta` is larger than limits.max_meta_bytes"},
+    422: {"description": "invalid input, or a queue not in queue_config.allowed_queues; detail[].loc says"},
+    429: {"description": "too many pending jobs; retry after Retry-After seconds"},
+    507: {"description": "the job store is at its budget; Retry-After: when the next result expires"},
+}
+
+
 class AsyncAccepted(BaseModel):
     job_id: str
     status_url: str
-
-
-class JobStatus(BaseModel):
-    job_id: str
-    status: str
-    attempts: int = 0
-    result: Any = None
-    error: Any = None
-    # When the job names a queue: {state: pending | delivered | failed, queue, attempts, error}.
-    delivery: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,16 +44,42 @@ class JobRules:
     max_meta_bytes: int
 
 
-def add_async_routes(
-    app: FastAPI,
-    runtime: Runtime,
-    input_model: type[BaseModel],
-    pick_model: Callable[[Request], str],
-    body_doc: Callable[..., dict[str, Any]],
-    settings: AppSettings,
-) -> None:
+def add_async_routes(app: FastAPI, served: Served) -> None:
+    input_model, settings = served.input_model, served.settings
     rules = JobRules(settings.queue_config.allowed_queues, settings.limits.max_meta_bytes)
-    envelope: type[BaseModel] = create_model(
+    envelope = envelope_model(input_model)
+    envelope_schema = envelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    envelope_schema.pop("$defs", None)
+    read = partial(read_job, envelope, input_model, rules)
+
+    @app.post(
+        "/predict_async",
+        status_code=202,
+        response_model=AsyncAccepted,
+        openapi_extra=openapi_body(served, {"anyOf": [input_ref(input_model), envelope_schema]}),
+        responses=ASYNC_ERRORS,
+    )
+    async def predict_async(request: Request) -> AsyncAccepted:
+        model_name = served.requested_model(request)
+        job = await parse_async(await request.body(), settings.limits, read)
+        job_id = await served.runtime.spawn(model_name, job)  # refusals: modalkit.web.errors.STATUS_OF_ERROR
+        return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
+
+    @app.get(
+        "/predict_async/{job_id}",
+        response_model=Job,
+        responses={202: {"model": Job, "description": "queued or running"}, 404: {}, 410: {}},
+    )
+    async def job_status(job_id: str) -> JSONResponse:
+        job = await served.runtime.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or its result has expired)")
+        return JSONResponse(job.answer(), status_code=202 if job.pending else 200)
+
+
+def envelope_model(input_model: type[BaseModel]) -> type[BaseModel]:
+    """ModalKit's async request around `input_model`: `{message, success_queue, failure_queue, meta}`."""
+    return create_model(
         f"{input_model.__name__}AsyncRequest",
         __config__=ConfigDict(extra="forbid"),
         message=(input_model, ...),
@@ -65,48 +87,6 @@ def add_async_routes(
         failure_queue=(str | None, QUEUE_NAME),
         meta=(dict[str, Any] | None, None),
     )
-    input_ref = {"$ref": f"#/components/schemas/{input_model.__name__}"}
-    envelope_schema = envelope.model_json_schema(ref_template="#/components/schemas/{model}")
-    envelope_schema.pop("$defs", None)
-
-    @app.post(
-        "/predict_async",
-        status_code=202,
-        response_model=AsyncAccepted,
-        openapi_extra=body_doc({"anyOf": [input_ref, envelope_schema]}),
-        responses={
-            413: {"description": "`meta` is larger than limits.max_meta_bytes"},
-            422: {"description": "invalid input, or a queue not in queue_config.allowed_queues; detail[].loc says"},
-            429: {"description": "too many pending jobs; retry after Retry-After seconds"},
-            507: {"description": "the job store is at its budget; Retry-After: when the next result expires"},
-        },
-    )
-    async def predict_async(request: Request) -> AsyncAccepted:
-        model_name = pick_model(request)
-        job = await parse_async(await request.body(), settings.limits, partial(read_job, envelope, input_model, rules))
-        try:
-            job_id = await runtime.spawn(model_name, job)
-        except QueueFull as exc:
-            raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
-        except StoreFull as exc:  # not 429: this client's rate is not the cause, and waiting a second will not help
-            raise HTTPException(507, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
-        except ServiceUnavailable as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
-        return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
-
-    @app.get(
-        "/predict_async/{job_id}",
-        response_model=JobStatus,
-        responses={202: {"model": JobStatus, "description": "queued or running"}, 404: {}, 410: {}},
-    )
-    async def job_status(job_id: str) -> JSONResponse:
-        try:
-            view = await runtime.job(job_id)
-        except JobExpired as exc:
-            raise HTTPException(410, str(exc)) from None
-        if view is None:
-            raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or its result has expired)")
-        return JSONResponse(view.as_dict(), status_code=202 if view.status in ("queued", "running") else 200)
 
 
 def read_job(envelope: type[BaseModel], input_model: type[BaseModel], rules: JobRules, raw: bytes) -> AsyncRequest:
@@ -134,12 +114,16 @@ def check_meta(body: Any, max_bytes: int) -> None:
 def check_queues(job: AsyncRequest, allowed: Sequence[str]) -> None:
     """Clients name the queue that receives a result: only those `queue_config.allowed_queues` lists."""
     named = (("success_queue", job.success_queue), ("failure_queue", job.failure_queue))
+    listed = ", ".join(allowed) or "none"
     problems = [
-        {"type": "queue_not_allowed", "loc": ["body", field],
-         "msg": f"queue {name!r} is not allowed; queue_config.allowed_queues: {', '.join(allowed) or 'none'}"}
+        {
+            "type": "queue_not_allowed",
+            "loc": ["body", field],
+            "msg": f"queue {name!r} is not allowed; queue_config.allowed_queues: {listed}",
+        }
         for field, name in named
         if name is not None and not queue_allowed(name, allowed)
-    ]  # fmt: skip
+    ]
     if problems:
         raise HTTPException(422, problems)
 
@@ -159,11 +143,11 @@ def parse_job(envelope: type[BaseModel], input_model: type[BaseModel], body: Any
         parsed = first.model_validate(body)
     except ValidationError as exc:
         if second is None:
-            raise HTTPException(422, located(exc, ["body"])) from None
+            raise HTTPException(422, errors_at(exc, ["body"])) from None
         try:
             return AsyncRequest(second.model_validate(body))
         except ValidationError:
-            raise HTTPException(422, located(exc, ["body"])) from None
+            raise HTTPException(422, errors_at(exc, ["body"])) from None
     if first is input_model:
         return AsyncRequest(parsed)
     return AsyncRequest.from_envelope(parsed)

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modalkit.config.schema import LimitsConfig
-from modalkit.outcome import Encoded
 
 T = TypeVar("T")
 
@@ -85,7 +84,7 @@ def parse_input(model: type[BaseModel], raw: bytes) -> BaseModel:
     try:
         item = model.model_validate_json(raw)
     except ValidationError as exc:
-        raise HTTPException(422, located(exc, ["body"])) from None
+        raise HTTPException(422, errors_at(exc, ["body"])) from None
     if _may_hold_nan(raw):
         parse_json(raw)  # pydantic's JSON reader takes NaN and Infinity as floats: refuse them as JSON does
     return item
@@ -103,7 +102,7 @@ def parse_inputs(model: type[BaseModel], raw: bytes, max_items: int) -> list[Bas
         try:
             parsed.append(model.model_validate(item))
         except ValidationError as exc:
-            parsed.append(located(exc, ["body", index]))
+            parsed.append(errors_at(exc, ["body", index]))
     return parsed
 
 
@@ -127,12 +126,8 @@ async def parse_input_async(model: type[BaseModel], raw: bytes, limits: LimitsCo
     return await parse_async(raw, limits, partial(parse_input, model))
 
 
-def encode(value: Any) -> bytes:
-    """JSON of an output; a container's output arrives already encoded."""
-    return bytes(value) if isinstance(value, Encoded) else pydantic_core.to_json(value)
-
-
-def located(exc: ValidationError, prefix: list[Any]) -> list[dict[str, Any]]:
+def errors_at(exc: ValidationError, prefix: list[Any]) -> list[dict[str, Any]]:
+    """A validation error's problems in FastAPI's shape, each `loc` under `prefix` (e.g. ["body"])."""
     return [
         {"type": err["type"], "loc": [*prefix, *err["loc"]], "msg": err["msg"]}
         for err in exc.errors(include_url=False, include_input=False)

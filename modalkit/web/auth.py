@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modalkit import aws
 from modalkit.config.schema import AuthConfig
 from modalkit.exceptions import ConfigError
-from modalkit.http_body import send_error
+from modalkit.web.body import send_error
 
 
 def resolve_api_key(config: AuthConfig) -> str | None:
@@ -26,10 +26,10 @@ def resolve_api_key(config: AuthConfig) -> str | None:
         return None
     key = os.environ.get(config.api_key_env)
     if not key:
+        hint = f" (is the Modal secret {config.api_key_secret!r} attached?)" if config.api_key_secret else ""
         raise ConfigError(
-            [f"app_settings.auth_config.api_key_env: the environment variable {config.api_key_env} is not set"
-             + (f" (is the Modal secret {config.api_key_secret!r} attached?)" if config.api_key_secret else "")]
-        )  # fmt: skip
+            [f"app_settings.auth_config.api_key_env: the environment variable {config.api_key_env} is not set{hint}"]
+        )
     return key
 
 

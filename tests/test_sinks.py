@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from modalkit.config.schema import QueueConfig
-from modalkit.queues import MemorySink, ModalQueueSink, RedisSink, deliver, make_sink
+from modalkit.sinks import MemorySink, ModalQueueSink, RedisSink, deliver, make_sink
 
 
 class Flaky:

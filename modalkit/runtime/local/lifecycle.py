@@ -1,0 +1,258 @@
+"""One container's life in a model's pool, from its first start until it idles out.
+
+A container starts, and one that cannot start or load is retried with capped exponential backoff. A loaded
+container takes batches from the pool's batcher and answers every item of each. One that crashed (noticed
+when its process ends, busy or idle), ran a batch past the timeout, reported a CUDA failure, or could not run
+a batch is replaced at once, or after a backoff when it keeps crashing soon after loading. One that waited
+`scaledown_window` for work stops, when the pool may lose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from modalkit import telemetry
+from modalkit.app_loader import ServiceRef
+from modalkit.exceptions import ContainerDied, ContainerLoadFailed
+from modalkit.observation import PoolStats
+from modalkit.outcome import Cause, Failure
+from modalkit.runtime.local.batcher import Batcher, Pending, resolve
+from modalkit.runtime.local.container import exit_reason
+
+logger = logging.getLogger("modalkit.pool")
+
+# Why a container's life in service ended: it idled out, or why it was replaced (`PoolStats.restarts`).
+Ended = Literal["idle", "crash", "timeout", "cuda", "error"]
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class ContainerHandle(Protocol):
+    """What a life needs of a container; `modalkit.runtime.local.container.Container` is the real one."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exited(self) -> asyncio.Future[int]:
+        """Done with the exit status as soon as the process ends, whatever it was doing."""
+        ...
+
+    async def start(self) -> None:
+        """Returns once the model has loaded; raises `ContainerLoadFailed` if it cannot."""
+        ...
+
+    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
+        """One batch's results and when inference started and ended (ns); `ContainerDied` if it goes."""
+        ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+    async def stop(self) -> None: ...
+
+
+ContainerFactory = Callable[[ServiceRef, str, dict[str, str]], ContainerHandle]
+
+
+@dataclass(frozen=True, slots=True)
+class LifeTimings:
+    scaledown_window: float  # seconds a container waits for work before it may stop
+    batch_timeout: float  # Modal's per-input timeout: a batch past it is killed with its container
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    quick_crash_s: float = 10.0  # a container that crashes this soon after loading, twice running, backs off
+
+    def backoff_s(self, attempt: int) -> float:
+        return min(self.backoff_max_s, self.backoff_base_s * 2.0**attempt)
+
+
+def load_failure(model_name: str, error: str) -> Failure:
+    return Failure("load", f"model {model_name!r} failed to load: {error}")
+
+
+class ContainerLife:
+    """One slot of the pool: the container in it now, and its replacements until one idles out.
+
+    The pool provides the shared parts: its batcher, its stats (where this life's phase is kept, under `key`:
+    the pool enters it as "starting" and ends it), how to make a container, the threads a batch may use now,
+    and whether an idle container may stop now.
+    """
+
+    def __init__(
+        self,
+        key: int,
+        model_name: str,
+        timings: LifeTimings,
+        *,
+        batcher: Batcher,
+        stats: PoolStats,
+        new_container: Callable[[], ContainerHandle],
+        threads: Callable[[], int],
+        may_idle_out: Callable[[], bool],
+    ) -> None:
+        self.key = key
+        self.model_name = model_name
+        self.container: ContainerHandle | None = None  # the one serving now; None while starting or stopping
+        self._timings = timings
+        self._batcher = batcher
+        self._stats = stats
+        self._new_container = new_container
+        self._threads = threads
+        self._may_idle_out = may_idle_out
+
+    async def run(self) -> None:
+        """Start a container, serve with it, and replace it when it must go, until one idles out."""
+        loop = asyncio.get_running_loop()
+        quick_crashes = 0
+        while True:
+            container = await self._start_loaded()
+            ready_at = loop.time()
+            ended = await self._serve_then_stop(container)
+            if ended == "idle":
+                logger.info("container of %r idle for %ss: stopped", self.model_name, self._timings.scaledown_window)
+                return
+            self._stats.restarts[ended] += 1
+            quick = ended == "crash" and loop.time() - ready_at < self._timings.quick_crash_s
+            quick_crashes = quick_crashes + 1 if quick else 0
+            delay = self._timings.backoff_s(quick_crashes - 1) if quick_crashes > 1 else 0.0
+            logger.warning(
+                "container of %r (pid %s) replaced after %s, in %gs", self.model_name, container.pid, ended, delay
+            )
+            await asyncio.sleep(delay)
+
+    async def _start_loaded(self) -> ContainerHandle:
+        """A container that has loaded; a failed start or load is retried with capped exponential backoff."""
+        failures = 0
+        while True:
+            container = self._new_container()
+            self._stats.container_up(self.key)
+            try:
+                await container.start()
+            except ContainerLoadFailed as exc:
+                await self._discard(container)
+                failures += 1
+                await self._back_off_after_load_failure(str(exc), failures)
+                continue
+            except BaseException:
+                await self._discard(container)
+                raise
+            self._stats.load_error = None
+            return container
+
+    async def _discard(self, container: ContainerHandle) -> None:
+        self._stats.container_down(self.key)
+        await container.stop()
+
+    async def _back_off_after_load_failure(self, error: str, failures: int) -> None:
+        self._stats.load_error = error
+        delay = self._timings.backoff_s(failures)
+        logger.error("model %r failed to load (attempt %d, next in %gs): %s", self.model_name, failures, delay, error)
+        if self._stats.ready == 0:  # no other container will serve the queue meanwhile
+            self._batcher.fail_all(load_failure(self.model_name, error))
+        await asyncio.sleep(delay)
+
+    async def _serve_then_stop(self, container: ContainerHandle) -> Ended:
+        """Serve with a loaded container, then stop it; why it ended."""
+        self.container = container
+        self._stats.enter(self.key, "idle")
+        logger.info("container of %r ready (pid %s)", self.model_name, container.pid)
+        ended: Ended | None = None
+        try:
+            ended = await self._serve_batches(container)
+            return ended
+        finally:  # in the same step as the decision: another idle container counts this one as leaving
+            self.container = None
+            self._stats.enter(self.key, "leaving" if ended == "idle" else "starting")
+            await self._discard(container)
+
+    async def _serve_batches(self, container: ContainerHandle) -> Ended:
+        """Feed batches to the container until it dies, must be replaced, or idles out; why it ended."""
+        cold = True  # the first batch of a container pays for its start
+        while True:
+            idle_timeout = self._timings.scaledown_window if self._may_idle_out() else None
+            batch = await self._next_batch_unless_dead(container, idle_timeout)
+            if batch is None:
+                reason = exit_reason(container.exited.result())
+                logger.warning("container of %r (pid %s) died while idle (%s)", self.model_name, container.pid, reason)
+                return "crash"
+            if not batch:
+                if self._may_idle_out():
+                    return "idle"
+                continue
+            ended = await self._run_batch(container, batch, cold)
+            if ended is not None:
+                return ended
+            cold = False
+
+    async def _next_batch_unless_dead(
+        self, container: ContainerHandle, idle_timeout: float | None
+    ) -> list[Pending] | None:
+        """The next batch (empty after `idle_timeout` s with nothing queued), or None if the container died first."""
+        waiting = asyncio.ensure_future(self._batcher.next_batch(idle_timeout))
+        try:
+            await asyncio.wait((waiting, container.exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()  # takes nothing from the queue unless it is done already
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()  # taken as the container died: the run fails it as a crash, and jobs retry
+        return None
+
+    async def _run_batch(self, container: ContainerHandle, batch: list[Pending], cold: bool) -> Ended | None:
+        """Run one batch and answer every item in it; why the container must go, or None if it serves on."""
+        loop = asyncio.get_running_loop()
+        sent_ns, started = time.time_ns(), loop.time()
+        ran = await self._run_or_fail_batch(container, batch)
+        if isinstance(ran, str):
+            return ran
+        results, inference_ns = ran
+        for pending, result in zip(batch, results, strict=True):
+            resolve(pending, result)
+        done = loop.time()
+        self._stats.record_batch(len(batch), cold, done - started, [done - p.arrival for p in batch])
+        traces = [p.trace for p in batch]
+        window_ns = (sent_ns, time.time_ns())
+        telemetry.record_batch(self.model_name, traces, str(container.pid), cold, window_ns, inference_ns)
+        if any(isinstance(r, Failure) and r.recycles_container for r in results):
+            await container.wait()  # the worker exits after sending a result that recycles it
+            return "cuda"
+        return None
+
+    async def _run_or_fail_batch(
+        self, container: ContainerHandle, batch: list[Pending]
+    ) -> tuple[list[Any], tuple[int, int]] | Ended:
+        """The batch's results and when inference ran; or, when it could not finish, every item answered with
+        a Failure and why the container must go."""
+        self._stats.enter(self.key, "busy")
+        try:
+            async with asyncio.timeout(self._timings.batch_timeout):
+                return await container.run([p.item for p in batch], self._threads())
+        except TimeoutError:
+            container.kill()
+            timeout = self._timings.batch_timeout
+            _fail(batch, "timeout", f"the batch ran past deployment_config.timeout ({timeout:g} s); container replaced")
+            return "timeout"
+        except ContainerDied as exc:
+            _fail(batch, "crash", f"container crashed ({exc}) while running this batch; retry")
+            return "crash"
+        except asyncio.CancelledError:
+            _fail(batch, "unavailable", SHUTTING_DOWN)
+            raise
+        except Exception as exc:  # a batch is never dropped: whatever went wrong, its items are answered
+            logger.exception("container of %r (pid %s) could not run a batch", self.model_name, container.pid)
+            container.kill()
+            _fail(batch, "crash", f"the batch could not be run ({type(exc).__name__}: {exc}); retry")
+            return "error"
+        finally:
+            self._stats.enter(self.key, "idle")
+
+
+def _fail(batch: list[Pending], cause: Cause, detail: str) -> None:
+    failure = Failure(cause, detail)
+    for pending in batch:
+        resolve(pending, failure)

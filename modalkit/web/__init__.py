@@ -1,0 +1,70 @@
+"""The web edge: `create_web_endpoints`, the FastAPI app in front of a service, the same on Modal and locally.
+
+`create_web_endpoints` is the composition root: it builds one `Served` (runtime, config, models, input and
+output types) and hands it to the route modules: `predict_routes` (sync and batch), `async_routes` (jobs) and
+`ops_routes` (health, metrics, stats). `errors` turns the engines' failures into HTTP answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from pydantic import BaseModel
+
+from modalkit.runtime import Runtime
+from modalkit.telemetry import configure_tracing
+from modalkit.web.async_routes import add_async_routes
+from modalkit.web.auth import resolve_api_key
+from modalkit.web.errors import add_error_handlers
+from modalkit.web.metrics import Metrics
+from modalkit.web.middleware import add_middleware
+from modalkit.web.openapi import document_input
+from modalkit.web.ops_routes import add_ops_routes
+from modalkit.web.predict_routes import PREDICT_PATHS, add_predict_routes
+from modalkit.web.served import Served, served_by
+
+BODY_PATHS = frozenset({*PREDICT_PATHS, "/predict_batch", "/predict_async"})
+
+
+def create_web_endpoints(
+    app_cls: Any,
+    input_model: type[BaseModel],
+    output_model: type[BaseModel],
+    runtime: Runtime | None = None,
+) -> FastAPI:
+    """The web app of a `ModalService` subclass: `/predict` (and ModalKit's `/predict_sync`), `/predict_batch`,
+    `/predict_async` with `GET /predict_async/{job_id}`, `/health`, `/metrics`, `/stats` and OpenAPI docs.
+
+    Inside Modal it calls the service class remotely; elsewhere it starts local containers (`runtime` overrides).
+    """
+    served = Served.build(app_cls, input_model, output_model, runtime)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await served.runtime.start()
+        try:
+            yield
+        finally:
+            await served.runtime.stop()
+
+    app = FastAPI(title=served.config.app_name, lifespan=lifespan, max_body_size=served.limits.max_body_bytes)
+    app.state.served = served  # read back, typed, with `served_by(app)`
+    add_error_handlers(app)
+    metrics = Metrics(served.runtime.observe)
+    auth = served.settings.auth_config
+    api_key = resolve_api_key(auth)
+    add_middleware(app, BODY_PATHS, auth, api_key, metrics)
+    configure_tracing(served.config.app_name)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics", exclude_spans=["receive", "send"])
+    add_predict_routes(app, served)
+    add_async_routes(app, served)
+    add_ops_routes(app, served, metrics, details_need_key=api_key is not None)
+    document_input(app, input_model)
+    return app
+
+
+__all__ = ["Served", "create_web_endpoints", "served_by"]

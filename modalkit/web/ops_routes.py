@@ -1,0 +1,35 @@
+"""`/health`, `/metrics` and `/stats`: what operators and load balancers read."""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from modalkit.web.auth import authenticated
+from modalkit.web.metrics import Metrics, usage
+from modalkit.web.served import Served
+
+
+def add_ops_routes(app: FastAPI, served: Served, metrics: Metrics, details_need_key: bool) -> None:
+    runtime = served.runtime
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        """Readiness; the containers' details (pids, load errors) only with the API key when auth is on."""
+        ready = runtime.ready()
+        body = {"status": "ready" if ready else "not ready"}
+        if not details_need_key or authenticated(request.scope):
+            body.update(runtime.health())
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        """Invocations, cold vs warm starts and latencies, mean batch size, estimated Modal cost."""
+        return usage(runtime.observe(), served.settings)

@@ -1,0 +1,69 @@
+"""`Served`: what every route of one app needs, built once by `create_web_endpoints` (the composition root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel
+
+from modalkit.app_loader import user_class
+from modalkit.config import ModalConfig
+from modalkit.config.schema import AppSettings, LimitsConfig
+from modalkit.exceptions import AppLoadError
+from modalkit.runtime import Runtime, select_runtime
+from modalkit.service import ModalService
+
+
+@dataclass(frozen=True)
+class Served:
+    """One service behind one web app: its runtime, config, models and input/output types."""
+
+    service: Any  # the class as app.py gives it: a `modal.Cls` (or the Python class itself)
+    config: ModalConfig
+    runtime: Runtime
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    model_names: tuple[str, ...]
+    default_model: str
+
+    @classmethod
+    def build(
+        cls, service: Any, input_model: type[BaseModel], output_model: type[BaseModel], runtime: Runtime | None
+    ) -> Served:
+        """The service's config and model entries, and its runtime: `runtime`, else the one for where this runs."""
+        python_class: type[ModalService] = user_class(service)
+        config = python_class.modal_config
+        default_model = python_class.default_model_name()
+        names = tuple(config.model_names() or [default_model])
+        chosen = runtime or select_runtime(service, config, list(names), input_model)
+        return cls(service, config, chosen, input_model, output_model, names, default_model)
+
+    @property
+    def settings(self) -> AppSettings:
+        return self.config.app_settings
+
+    @property
+    def limits(self) -> LimitsConfig:
+        return self.config.app_settings.limits
+
+    def requested_model(self, request: Request) -> str:
+        """The `model_name` query parameter (default: the service's model); 404 for an entry that is not served."""
+        name = request.query_params.get("model_name") or self.default_model
+        if name not in self.model_names:
+            raise HTTPException(404, f"unknown model_name {name!r}; known: {', '.join(self.model_names)}")
+        return name
+
+    def model_check(self, name: str | None) -> str:
+        """`name` (default: the service's model) if the app serves it; `AppLoadError` naming the known ones if not."""
+        chosen = name or self.default_model
+        if chosen not in self.model_names:
+            raise AppLoadError(f"unknown model entry {chosen!r}; known: {', '.join(self.model_names)}")
+        return chosen
+
+
+def served_by(app: Any) -> Served | None:
+    """The `Served` of an app made by `create_web_endpoints`; None for any other ASGI app."""
+    served = getattr(getattr(app, "state", None), "served", None)
+    return served if isinstance(served, Served) else None

@@ -1,0 +1,338 @@
+"""The container pool on its own: the scaling decisions, and the pool driving stand-in containers (no processes).
+
+A stand-in container answers each item by what it says: "slow" takes a while, "hang" never ends, "die" ends the
+container mid-batch, "raise" breaks the exchange, "cuda" reports a CUDA failure (the container then exits), and
+anything else answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modalkit.app_loader import ServiceRef
+from modalkit.config import ModalConfig
+from modalkit.exceptions import ContainerDied, ContainerLoadFailed
+from modalkit.outcome import Failure
+from modalkit.runtime.local.lifecycle import LifeTimings
+from modalkit.runtime.local.pool import ContainerPool, PoolSettings
+from modalkit.runtime.local.scaling import ScalingInputs, may_idle_out, should_start_container
+
+REF = ServiceRef("app.py", "App")
+MODEL = "m"
+
+
+# --- the scaling decisions -------------------------------------------------------------------------------------
+
+
+def inputs(**changes: Any) -> ScalingInputs:
+    """One container, busy, with an item that has waited longer than a batch takes: scale up, unless changed."""
+    queue = {"queued": 1, "oldest_wait_s": 1.0, "batch_seconds": 0.5, "batch_wait_s": 0.01}
+    containers = {"live": 1, "ready": 1, "busy": 1, "leaving": 0, "min_containers": 0, "max_containers": 3}
+    return ScalingInputs(**{**queue, **containers, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "start"),
+    [
+        ({}, True),  # every container busy and the oldest item waited longer than a batch takes
+        ({"live": 0, "ready": 0, "busy": 0, "oldest_wait_s": 0.0}, True),  # no container at all: start one at once
+        ({"queued": 0, "oldest_wait_s": 0.0}, False),  # nothing queued
+        ({"live": 3, "ready": 3, "busy": 3}, False),  # at max_containers
+        ({"oldest_wait_s": 0.4}, False),  # not yet waited a batch
+        ({"oldest_wait_s": 0.4, "batch_seconds": 0.1, "batch_wait_s": 0.5}, False),  # not yet waited wait_ms
+        ({"live": 2}, False),  # one is starting already
+        ({"live": 2, "ready": 2}, False),  # one is idle and will take it
+        ({"live": 2, "ready": 2, "busy": 2}, True),
+    ],
+)
+def test_should_start_container(changes: dict[str, Any], start: bool) -> None:
+    assert should_start_container(inputs(**changes)) is start
+
+
+@pytest.mark.parametrize(
+    ("live", "leaving", "min_containers", "may"),
+    [(1, 0, 0, True), (1, 0, 1, False), (2, 0, 1, True), (2, 1, 1, False), (3, 1, 1, True), (2, 2, 0, False)],
+)
+def test_may_idle_out(live: int, leaving: int, min_containers: int, may: bool) -> None:
+    pool = inputs(live=live, ready=live - leaving, busy=0, leaving=leaving, min_containers=min_containers)
+    assert may_idle_out(pool) is may
+
+
+# --- the pool, with stand-in containers -----------------------------------------------------------------------
+
+
+class FakeContainers:
+    """The factory of stand-in containers: what each one does, and every one made."""
+
+    def __init__(self, load_failures: int = 0) -> None:
+        self.load_failures = load_failures  # the first starts that fail to load
+        self.made: list[FakeContainer] = []
+        self.pids = itertools.count(1000)
+
+    def __call__(self, ref: ServiceRef, model_name: str, env: dict[str, str]) -> FakeContainer:
+        container = FakeContainer(self, next(self.pids))
+        self.made.append(container)
+        return container
+
+    def serving(self) -> list[FakeContainer]:
+        return [c for c in self.made if c.loaded and not c.exited.done()]
+
+
+class FakeContainer:
+    def __init__(self, factory: FakeContainers, pid: int) -> None:
+        self.factory = factory
+        self.pid = pid
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.loaded = False
+        self.threads: list[int] = []
+
+    async def start(self) -> None:
+        await asyncio.sleep(0)
+        if self.factory.load_failures:
+            self.factory.load_failures -= 1
+            self.end(3)
+            raise ContainerLoadFailed("RuntimeError: weights are missing")
+        self.loaded = True
+
+    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
+        self.threads.append(threads)
+        if "slow" in items:
+            await asyncio.sleep(0.15)
+        if "hang" in items:
+            await asyncio.sleep(3600)
+        if "die" in items:
+            self.end(-9)
+            raise ContainerDied("killed by signal 9")
+        if "raise" in items:
+            raise RuntimeError("the pipe broke")
+        if "cuda" in items:
+            asyncio.get_running_loop().call_later(0.01, self.end, 0)  # a worker exits after a CUDA failure
+        return [Failure("cuda", "CUDA error") if i == "cuda" else f"done:{i}" for i in items], (0, 0)
+
+    def end(self, code: int) -> None:
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+    def kill(self) -> None:
+        self.end(-9)
+
+    async def wait(self) -> int:
+        return await self.exited
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.05)  # a process takes a moment to exit
+        self.end(0)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> PoolSettings:
+    """A pool's settings from a small YAML, with timings shorter than a config allows."""
+    path = tmp_path / "modalkit.yaml"
+    path.write_text(
+        "app_settings:\n"
+        "  batch_config: {max_batch_size: 1, wait_ms: 5}\n"
+        "  deployment_config: {min_containers: 1, max_containers: 3, scaledown_window: 2, timeout: 1}\n"
+    )
+    from_config = PoolSettings.from_config(ModalConfig(path))
+    assert (from_config.timings.scaledown_window, from_config.timings.batch_timeout) == (2.0, 1.0)
+    quick = LifeTimings(
+        scaledown_window=0.2, batch_timeout=0.2, backoff_base_s=0.02, backoff_max_s=0.1, quick_crash_s=5.0
+    )
+    return dataclasses.replace(from_config, timings=quick)
+
+
+def with_pool(
+    settings: PoolSettings, containers: FakeContainers, scenario: Callable[[ContainerPool], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        pool = ContainerPool(REF, MODEL, settings, containers)
+        await pool.start()
+        try:
+            await scenario(pool)
+        finally:
+            await pool.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 8))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def failure(result: Any) -> Failure:
+    assert isinstance(result, Failure), result
+    return result
+
+
+def test_min_containers_start_at_boot_and_share_the_cores(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 2)
+        assert await pool.submit("a") == "done:a"
+        health = pool.health()
+        assert (health["containers"], health["ready_containers"], health["container_starts"]) == (2, 2, 2)
+        assert sorted(health["pids"]) == [1000, 1001]
+        assert [t for c in containers.made for t in c.threads] == [max(1, (os.cpu_count() or 1) // 2)]
+
+    with_pool(dataclasses.replace(settings, min_containers=2), containers, scenario)
+
+
+def test_scales_up_while_work_waits_then_idles_down_to_the_minimum(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1)
+        answers = [pool.submit("slow") for _ in range(8)]
+        await until(lambda: pool.stats.live == 3)
+        assert await asyncio.gather(*answers) == ["done:slow"] * 8
+        await until(lambda: pool.stats.ready == 3)
+        together = [pool.submit("slow") for _ in range(3)]  # one each: all three go idle at the same moment
+        assert await asyncio.gather(*together) == ["done:slow"] * 3
+        await until(lambda: pool.stats.live == 1)
+        await asyncio.sleep(0.5)  # more than one scaledown_window: the last one stays
+        assert (pool.stats.live, pool.stats.ready, pool.stats.leaving) == (1, 1, 0)
+        assert len(containers.made) == 3 and len(containers.serving()) == 1
+        assert pool.stats.restarts == {}
+
+    with_pool(settings, containers, scenario)
+
+
+def test_with_no_minimum_a_container_starts_on_demand_and_idles_out(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await asyncio.sleep(0.1)
+        assert containers.made == []
+        assert await pool.submit("a") == "done:a"
+        await until(lambda: pool.stats.live == 0)
+        assert containers.serving() == [] and pool.health()["pids"] == []
+
+    with_pool(dataclasses.replace(settings, min_containers=0), containers, scenario)
+
+
+def test_a_container_that_dies_while_idle_is_replaced(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1)
+        containers.made[0].end(-9)
+        await until(lambda: pool.stats.restarts == {"crash": 1} and pool.stats.ready == 1)
+        assert pool.health()["pids"] == [containers.made[1].pid]
+        assert await pool.submit("a") == "done:a"
+
+    with_pool(settings, containers, scenario)
+
+
+def test_a_container_that_dies_mid_batch_fails_it_as_a_crash_and_is_replaced(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        crashed = failure(await pool.submit("die"))
+        assert crashed.cause == "crash" and crashed.transient and "killed by signal 9" in crashed.detail
+        await until(lambda: pool.stats.ready == 1)
+        assert pool.stats.restarts == {"crash": 1} and len(containers.made) == 2
+        assert await pool.submit("a") == "done:a"
+
+    with_pool(settings, containers, scenario)
+
+
+def test_quick_crashes_are_replaced_after_a_growing_backoff(
+    settings: PoolSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        for _ in range(3):
+            assert failure(await pool.submit("die")).cause == "crash"
+        await until(lambda: pool.stats.ready == 1)
+        assert pool.stats.restarts == {"crash": 3}
+
+    with caplog.at_level(logging.WARNING, logger="modalkit.pool"):
+        with_pool(settings, containers, scenario)
+    replaced = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "replaced after crash" in r.getMessage()]
+    assert replaced == ["0s", "0.04s", "0.08s"]  # the first at once, then backoff_s(1), backoff_s(2)
+
+
+def test_a_batch_that_cannot_run_fails_as_a_crash_and_the_container_is_replaced(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        broken = failure(await pool.submit("raise"))
+        assert broken.cause == "crash" and "RuntimeError: the pipe broke" in broken.detail
+        await until(lambda: pool.stats.ready == 1)
+        assert pool.stats.restarts == {"error": 1} and containers.made[0].exited.result() == -9
+        assert await pool.submit("a") == "done:a"
+
+    with_pool(settings, containers, scenario)
+
+
+def test_a_model_that_fails_to_load_is_retried_with_backoff_and_fails_queued_items(
+    settings: PoolSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    containers = FakeContainers(load_failures=4)
+
+    async def scenario(pool: ContainerPool) -> None:
+        queued = failure(await pool.submit("a"))
+        assert queued.cause == "load" and "weights are missing" in queued.detail
+        assert pool.failed() and "weights are missing" in str(pool.health()["load_error"])
+        assert failure(await pool.submit("b")).cause == "load"  # answered at once while no container loads
+        await until(lambda: pool.stats.ready == 1)
+        assert not pool.failed() and pool.health()["load_error"] is None
+        assert await pool.submit("c") == "done:c"
+        assert pool.stats.container_starts == 5 and pool.stats.restarts == {}
+
+    with caplog.at_level(logging.ERROR, logger="modalkit.pool"):
+        with_pool(settings, containers, scenario)
+    delays = [r.getMessage().split("next in ")[1].split(")")[0] for r in caplog.records]
+    assert delays == ["0.04s", "0.08s", "0.1s", "0.1s"]  # backoff_s(attempt), capped at backoff_max_s
+
+
+def test_a_batch_past_the_timeout_is_killed_and_its_container_replaced(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        timed_out = failure(await pool.submit("hang"))
+        assert timed_out.cause == "timeout" and timed_out.transient
+        assert containers.made[0].exited.result() == -9  # killed
+        await until(lambda: pool.stats.ready == 1)
+        assert pool.stats.restarts == {"timeout": 1}
+        assert await pool.submit("a") == "done:a"
+
+    with_pool(settings, containers, scenario)
+
+
+def test_a_cuda_failure_recycles_the_container(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        assert failure(await pool.submit("cuda")).cause == "cuda"
+        await until(lambda: pool.stats.restarts == {"cuda": 1} and pool.stats.ready == 1)
+        assert containers.made[0].exited.result() == 0 and len(containers.made) == 2
+        assert await pool.submit("a") == "done:a"
+
+    with_pool(settings, containers, scenario)
+
+
+def test_stop_answers_running_and_queued_items_as_unavailable(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+    answers: list[asyncio.Future[Any]] = []
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1)
+        answers.extend(pool.submit(item, background=True) for item in ("slow", "queued"))
+        await until(lambda: pool.stats.busy == 1)
+
+    with_pool(dataclasses.replace(settings, max_containers=1), containers, scenario)
+    assert [failure(a.result()).cause for a in answers] == ["unavailable", "unavailable"]
