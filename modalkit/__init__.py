@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from modalkit.exceptions import ConfigError, InferenceError, ModalkitError
     from modalkit.inference import InferenceBase
     from modalkit.service import ModalService
+    from modalkit.streaming import StreamingService
     from modalkit.web import create_web_endpoints
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ _EXPORTS = {
     "ModalConfig": "modalkit.config",
     "ModalService": "modalkit.service",
     "ModalkitError": "modalkit.exceptions",
+    "StreamingService": "modalkit.streaming",
     "create_web_endpoints": "modalkit.web",
 }
 
@@ -34,6 +36,7 @@ __all__ = [
     "ModalConfig",
     "ModalService",
     "ModalkitError",
+    "StreamingService",
     "create_web_endpoints",
 ]
 

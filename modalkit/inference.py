@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 from modalkit.cuda import is_cuda_error
@@ -39,6 +42,12 @@ class InferenceBase:
 
     def postprocess(self, outputs: list[Any]) -> list[Any]:
         return outputs
+
+    def predict_stream(self, item: Any) -> Iterator[Any] | AsyncIterator[Any]:
+        """For a `StreamingService`: yield the chunks of one input's answer as they are made (a generator, or an
+        async generator). A chunk is a str, a pydantic model or JSON-able data; for the OpenAI routes, a str or
+        something with a `text` field. Raise `InferenceError` to end the stream with an error."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict_stream(item) to stream")
 
     def on_restore(self) -> None:
         """Runs once the container is ready for GPU work: after loading, or after a memory snapshot is
@@ -83,3 +92,37 @@ class InferenceBase:
 
     def _run_steps(self, inputs: list[Any]) -> list[Any]:
         return self.postprocess(self.predict(self.preprocess(inputs)))
+
+    async def stream(self, item: Any, executor: Executor | None = None) -> AsyncIterator[Any]:
+        """`predict_stream(item)` as an async iterator. A plain generator steps in `executor`'s threads, so several
+        streams run at once and the event loop never waits for a step; closing this iterator early closes the
+        generator (after the step in flight), which is how a client that leaves stops its generation."""
+        produced = self.predict_stream(item)
+        if isinstance(produced, AsyncIterator):
+            async for chunk in produced:
+                yield chunk
+            return
+        async for chunk in _stepped_in_threads(iter(produced), executor):
+            yield chunk
+
+
+_END = object()
+
+
+async def _stepped_in_threads(generator: Iterator[Any], executor: Executor | None) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    step: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            step = loop.run_in_executor(executor, next, generator, _END)
+            chunk = await step
+            if chunk is _END:
+                return
+            yield chunk
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:
+            if step is not None and not step.done():  # a generator cannot be closed while it runs: after the step
+                step.add_done_callback(lambda _: loop.run_in_executor(executor, close))
+            else:
+                await loop.run_in_executor(executor, close)

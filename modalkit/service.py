@@ -62,16 +62,23 @@ class ModalService:
         def restore_artefacts(self: ModalService) -> None:
             self._warm_up()
 
-        def process_request(self: ModalService, batch: list[Any]) -> list[Any]:
-            return self._process(batch)
-
-        for method in (load_artefacts, restore_artefacts, process_request):
-            method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
-            method.__module__ = cls.__module__
+        for method in (load_artefacts, restore_artefacts):
+            name_as_method_of(cls, method)
         cls.load_artefacts = modal.enter(**config.get_enter_settings())(load_artefacts)  # type: ignore[attr-defined]
         if config.app_settings.deployment_config.enable_memory_snapshot:
             # CPU-side loading is captured in the snapshot; GPU work runs after each restore.
             cls.restore_artefacts = modal.enter(snap=False)(restore_artefacts)  # type: ignore[attr-defined]
+        cls._add_inference_method(config)
+
+    @classmethod
+    def _add_inference_method(cls, config: ModalConfig) -> None:
+        """`process_request`, batched as `batch_config` says: the one Modal method of a batched class."""
+        import modal
+
+        def process_request(self: ModalService, batch: list[Any]) -> list[Any]:
+            return self._process(batch)
+
+        name_as_method_of(cls, process_request)
         cls.process_request = modal.batched(**config.get_batched_settings())(process_request)  # type: ignore[attr-defined]
 
     @staticmethod
@@ -81,7 +88,7 @@ class ModalService:
         from modalkit.runtime.modal import ModalRuntime
 
         async def call(model_name: str, input_data: Any) -> Any:
-            result = await ModalRuntime(cls, [model_name]).submit(model_name, _unwrapped(input_data))
+            result = await ModalRuntime(cls, [model_name]).submit(model_name, unwrapped(input_data))
             if isinstance(result, Failure):
                 raise InferenceError(result.detail, http_status(result))
             return result
@@ -169,7 +176,7 @@ class ModalService:
         # On Modal, `spawn` sends the whole AsyncRequest: run its message, then push to its queues here.
         # ModalKit's callers send SyncInputModel / AsyncInputModel wrappers: the same, by other names.
         requests = [async_request(item) if _is_async(item) else None for item in batch]
-        inputs = [r.message if r is not None else _unwrapped(item) for r, item in zip(requests, batch, strict=True)]
+        inputs = [r.message if r is not None else unwrapped(item) for r, item in zip(requests, batch, strict=True)]
         results = self._infer(inputs)
         if any(requests):
             self._push_results(requests, inputs, results)
@@ -212,6 +219,12 @@ class ModalService:
         return [failure] * size
 
 
+def name_as_method_of(cls: type, method: Any) -> None:
+    """Name a function made at class creation as the class's own method (Modal finds methods by these)."""
+    method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
+    method.__module__ = cls.__module__
+
+
 _PARAMETER_TYPES = (int, str, bytes, bool)
 _CONFIG_NAMES = ("modal_config", "modal_utils")
 
@@ -244,7 +257,7 @@ def _declared_config(cls: type) -> ModalConfig | None:
     return None
 
 
-def _unwrapped(input_data: Any) -> Any:
+def unwrapped(input_data: Any) -> Any:
     """ModalKit wrapped inputs in `SyncInputModel`/`AsyncInputModel`; the service takes the message itself."""
     return input_data.message if isinstance(input_data, (SyncInputModel, AsyncInputModel)) else input_data
 

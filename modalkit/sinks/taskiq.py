@@ -67,11 +67,11 @@ class TaskiqBackend:
 
             broker = InMemoryBroker(await_inplace=True)
 
-            async def keep(message: str) -> None:
+            async def record_message(message: str) -> None:
                 logger.info("[taskiq memory://] %s: %s", queue, message)
                 self.received[queue].append(message)
 
-            broker.register_task(keep, task_name=queue)
+            broker.register_task(record_message, task_name=queue)
             return broker
         from taskiq_redis import ListQueueBroker
 

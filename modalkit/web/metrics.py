@@ -124,10 +124,10 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not ordered:
         return {"p50": None, "p95": None, "p99": None}
 
-    def pick(q: float) -> float:
+    def percentile_ms(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
-    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
+    return {"p50": percentile_ms(0.50), "p95": percentile_ms(0.95), "p99": percentile_ms(0.99)}
 
 
 def estimate_cost(container_seconds: float, app: AppSettings) -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""`StreamingService`: a service whose model yields its answer in chunks, on Modal and in local containers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+# Imported at run time, not under TYPE_CHECKING: Modal evaluates the service class's annotations.
+from modalkit.config import ModalConfig
+from modalkit.cuda import is_cuda_error
+from modalkit.outcome import Failure
+from modalkit.service import ModalService, name_as_method_of, unwrapped
+
+logger = logging.getLogger("modalkit.service")
+
+
+class StreamingService(ModalService):
+    """A service whose model streams: `InferenceBase.predict_stream(item)` yields the chunks of one answer.
+
+    On Modal a class with `@modal.batched` may have no other method, so a streaming service is a class of its
+    own: its one method, `stream_request`, is a generator `@modal.method` that the web function calls with
+    `remote_gen.aio`; `deployment_config.max_concurrent_inputs` streams share a container. Locally, a container
+    runs as many streams at once and sends each chunk as it is made. Subclass it as you would `ModalService`.
+    """
+
+    @classmethod
+    def _add_inference_method(cls, config: ModalConfig) -> None:
+        import modal
+
+        async def stream_request(self: StreamingService, item: Any) -> AsyncIterator[Any]:
+            async for chunk in self.stream_chunks(item):
+                yield chunk
+
+        name_as_method_of(cls, stream_request)
+        cls.stream_request = modal.method()(stream_request)  # type: ignore[attr-defined]
+
+    @classmethod
+    def open_local(cls, model_name: str) -> StreamingService:
+        """A loaded instance outside Modal, as `@modal.enter` would leave it (the local runtime's containers).
+
+        Modal 1.6's `.local()` cannot call an async generator method, so the container calls `stream_chunks`.
+        """
+        instance = cls.__new__(cls)
+        instance.model_name = model_name
+        instance._load()
+        instance._warm_up()
+        return instance
+
+    async def stream_chunks(self, item: Any) -> AsyncIterator[Any]:
+        """The chunks of one input's answer; a failure, at the start or midway, ends the stream with a `Failure`."""
+        if self._stream_threads is None:
+            concurrency = self.modal_config.app_settings.deployment_config.max_concurrent_inputs
+            self._stream_threads = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="modalkit-stream")
+        try:
+            async for chunk in self._model.stream(unwrapped(item), self._stream_threads):
+                yield chunk
+        except Exception as exc:
+            if is_cuda_error(exc):
+                yield self._recycle(exc, 1)[0]
+                return
+            logger.exception("a stream failed")
+            yield Failure.from_exception(exc)
+
+    _stream_threads: ThreadPoolExecutor | None = None
