@@ -6,6 +6,7 @@ ModalkitError
 ├── ServiceUnavailable
 ├── QueueFull
 ├── JobExpired
+├── NotSupported          (the service does not answer this way: a streaming one on /predict)
 ├── InferenceError
 ├── BackendError          (also ValueError; ModalKit's name)
 ├── DependencyError       (also ImportError; ModalKit's name)
@@ -85,6 +86,11 @@ class QueueFull(ModalkitError):
 
 class JobExpired(ModalkitError):
     """The job's result is gone: past its time to live (HTTP 410)."""
+
+
+class NotSupported(ModalkitError):
+    """The service cannot answer this way: a `StreamingService` has no batched method, so it answers on
+    `/predict_stream` only, and a batched `ModalService` has no stream; the message names the route to use."""
 
 
 class InferenceError(ModalkitError):

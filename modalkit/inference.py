@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -98,24 +99,33 @@ class InferenceBase:
         streams run at once and the event loop never waits for a step; closing this iterator early closes the
         generator (after the step in flight), which is how a client that leaves stops its generation."""
         produced = self.predict_stream(item)
+        # When this iterator is closed early, the one inside is closed then, not whenever it is collected.
         if isinstance(produced, AsyncIterator):
-            async for chunk in produced:
-                yield chunk
+            try:
+                async for chunk in produced:
+                    yield chunk
+            finally:
+                aclose = getattr(produced, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             return
-        async for chunk in _stepped_in_threads(iter(produced), executor):
-            yield chunk
+        async with contextlib.aclosing(_stepped_in_threads(iter(produced), executor)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 _END = object()
 
 
-async def _stepped_in_threads(generator: Iterator[Any], executor: Executor | None) -> AsyncIterator[Any]:
+async def _stepped_in_threads(generator: Iterator[Any], executor: Executor | None) -> AsyncGenerator[Any, None]:
     loop = asyncio.get_running_loop()
     step: asyncio.Future[Any] | None = None
     try:
         while True:
             step = loop.run_in_executor(executor, next, generator, _END)
-            chunk = await step
+            # shielded: a cancelled consumer leaves the step running (a thread cannot be stopped), so the close
+            # below sees it still running and waits for it, rather than closing a generator that is executing
+            chunk = await asyncio.shield(step)
             if chunk is _END:
                 return
             yield chunk

@@ -86,6 +86,26 @@ class PoolStats:
 
 
 @dataclass
+class StreamStats:
+    """The streams of one model entry (a streaming service): how many took a container, and how each ended."""
+
+    started: int = 0  # took a container slot and began
+    finished: int = 0  # ran to their end
+    failed: int = 0  # ended with a Failure (before the first chunk or midway)
+    cancelled: int = 0  # closed early by their reader (a client that left)
+    refused: int = 0  # could not start: too many streams waited (`limits.max_queued_requests`)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "started": self.started,
+            "finished": self.finished,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "refused": self.refused,
+        }
+
+
+@dataclass
 class Observation:
     """What a runtime exposes to `/metrics` and `/stats`; empty on Modal, where containers report to Modal."""
 
@@ -93,3 +113,4 @@ class Observation:
     queue_depth: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, int] = field(default_factory=dict)
     job_store: dict[str, int] = field(default_factory=dict)  # rows, bytes, file_bytes, max_rows, max_bytes
+    streams: dict[str, StreamStats] = field(default_factory=dict)  # by model entry, for a streaming service

@@ -53,8 +53,9 @@ class StreamingService(ModalService):
         if self._stream_threads is None:
             concurrency = self.modal_config.app_settings.deployment_config.max_concurrent_inputs
             self._stream_threads = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="modalkit-stream")
+        chunks = self._model.stream(unwrapped(item), self._stream_threads)
         try:
-            async for chunk in self._model.stream(unwrapped(item), self._stream_threads):
+            async for chunk in chunks:
                 yield chunk
         except Exception as exc:
             if is_cuda_error(exc):
@@ -62,5 +63,9 @@ class StreamingService(ModalService):
                 return
             logger.exception("a stream failed")
             yield Failure.from_exception(exc)
+        finally:  # closed early (the caller left): close the model's generator now, not when it is collected
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     _stream_threads: ThreadPoolExecutor | None = None

@@ -14,6 +14,7 @@ class EmbedIn(BaseModel):
 
 class EmbedOut(BaseModel):
     embedding: list[float] = Field(description="384 floats, unit length")
+    tokens: int = Field(description="tokens the model read (after truncation to max_length)")
 
 
 class MiniLM(InferenceBase):
@@ -39,9 +40,11 @@ class MiniLM(InferenceBase):
         self.predict([EmbedIn(text="warm up")])
 
     def predict(self, inputs: list[EmbedIn]) -> list[EmbedOut]:
-        return [EmbedOut(embedding=row) for row in self.embed([i.text for i in inputs])]
+        rows, tokens = self.embed([i.text for i in inputs])
+        return [EmbedOut(embedding=row, tokens=n) for row, n in zip(rows, tokens, strict=True)]
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        """Unit-length embeddings, and how many tokens each text became."""
         torch = self.torch
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -52,7 +55,7 @@ class MiniLM(InferenceBase):
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.cpu().tolist()  # type: ignore[no-any-return]
+        return pooled.cpu().tolist(), encoded["attention_mask"].sum(dim=1).tolist()
 
 
 config = ModalConfig()

@@ -1,8 +1,8 @@
-"""A runtime runs the service's batches: `ModalRuntime` on Modal, `LocalRuntime` everywhere else."""
+"""A runtime runs the service's batches and streams: `ModalRuntime` on Modal, `LocalRuntime` everywhere else."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -25,6 +25,18 @@ class Runtime(Protocol):
 
     async def job(self, job_id: str) -> Job | None:
         """The job's state, None if unknown; may raise `JobExpired`."""
+        ...
+
+    def stream(self, model_name: str, item: Any) -> AsyncIterator[Any]:
+        """The chunks of one input's answer, as they are produced, for a `modalkit.streaming.StreamingService`.
+
+        Locally each chunk is `modalkit.outcome.Encoded` JSON bytes (encoded in the container, `outcome.encode`).
+        A failure, before the first chunk or midway, ends the stream with a `modalkit.outcome.Failure` as its last
+        item (cause "load" when the model cannot load, "crash" when the container died, "cuda" when it is recycled).
+        When the stream cannot start (too many streams wait for a container: `limits.max_queued_requests`; the
+        server is stopping) the first step (`anext`) raises `ServiceUnavailable`, before any chunk. Closing the
+        iterator early (`aclose()`) stops the generation in the container and frees its slot.
+        """
         ...
 
     def ready(self) -> bool: ...

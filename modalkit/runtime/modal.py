@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from modalkit.exceptions import JobExpired
+from modalkit.exceptions import JobExpired, NotSupported
 from modalkit.jobs import AsyncRequest, Job, job_outcome
 from modalkit.observation import Observation
 from modalkit.outcome import Failure
@@ -18,6 +19,7 @@ class ModalRuntime:
         bound = with_config_concurrency(service, local if local is not None else service)
         self._objects = {name: bound(model_name=name) for name in model_names}
         self._function_call = function_call or modal.FunctionCall
+        self._shape = service_shape(local if local is not None else service)
 
     async def start(self) -> None:
         return None
@@ -28,15 +30,47 @@ class ModalRuntime:
     async def submit(self, model_name: str, item: Any) -> Any:
         import modal.exception
 
+        self._refuse_unless("batched", "/predict")
         try:
             return await self._objects[model_name].process_request.remote.aio(item)
         except modal.exception.Error as exc:
-            return Failure("unavailable", f"the model container failed: {type(exc).__name__}: {exc}")
+            return _unavailable(exc)
 
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:
         """The job id is the FunctionCall id; the container pushes the result to the request's queues."""
+        self._refuse_unless("batched", "/predict_async")
         call = await self._objects[model_name].process_request.spawn.aio(request)
         return str(call.object_id)
+
+    async def stream(self, model_name: str, item: Any) -> AsyncIterator[Any]:
+        """The chunks of one input's answer as the container makes them (`stream_request.remote_gen.aio`).
+
+        A `Failure` chunk ends the stream, and so does a Modal error (as `Failure("unavailable", ...)`). Closing
+        this iterator early closes the remote generator, which stops the generation in the container.
+        """
+        import modal.exception
+
+        self._refuse_unless("streaming", "/predict_stream")
+        chunks = self._objects[model_name].stream_request.remote_gen.aio(item)
+        try:
+            async for chunk in chunks:
+                yield chunk
+                if isinstance(chunk, Failure):
+                    return
+        except modal.exception.Error as exc:
+            yield _unavailable(exc)
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    def _refuse_unless(self, shape: str, route: str) -> None:
+        """A streaming class has no `process_request`, a batched one no `stream_request`: say which route to use."""
+        if self._shape is None or self._shape[1] == shape:
+            return
+        name, other = self._shape
+        use = "/predict_stream" if other == "streaming" else "/predict, /predict_batch or /predict_async"
+        raise NotSupported(f"{name} is a {other} service, which does not answer on {route}: use {use}")
 
     async def job(self, job_id: str) -> Job | None:
         import modal.exception
@@ -94,3 +128,22 @@ def declared_concurrency(service: Any) -> int | None:
     target = service._get_class_service_function() if hasattr(service, "_get_class_service_function") else service
     info = target.info().concurrency_info
     return None if info is None else int(info.max_inputs)
+
+
+def service_shape(service: Any) -> tuple[str, str] | None:
+    """`(class name, "streaming" or "batched")` for a service class (or the `modal.Cls` of one), by its Modal
+    method: `stream_request` (a `StreamingService`) or `process_request`; None when the class cannot tell."""
+    from modalkit.app_loader import user_class
+
+    try:
+        cls = user_class(service)
+    except AssertionError:  # a deployed class looked up by name carries no Python class
+        return None
+    streams, batches = hasattr(cls, "stream_request"), hasattr(cls, "process_request")
+    if streams == batches:
+        return None
+    return cls.__name__, "streaming" if streams else "batched"
+
+
+def _unavailable(exc: BaseException) -> Failure:
+    return Failure("unavailable", f"the model container failed: {type(exc).__name__}: {exc}")

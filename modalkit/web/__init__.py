@@ -1,8 +1,9 @@
 """The web edge: `create_web_endpoints`, the FastAPI app in front of a service, the same on Modal and locally.
 
 `create_web_endpoints` is the composition root: it builds one `Served` (runtime, config, models, input and
-output types) and hands it to the route modules: `predict_routes` (sync and batch), `async_routes` (jobs) and
-`ops_routes` (health, metrics, stats). `errors` turns the engines' failures into HTTP answers.
+output types) and hands it to the route modules: `predict_routes` (sync and batch) and `async_routes` (jobs) for a
+batched service, `stream_routes` for a streaming one, `openai_routes` (/v1) and `ops_routes` (health, metrics,
+stats) for both. `errors` turns the engines' failures into HTTP answers.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from modalkit.web.auth import resolve_api_key
 from modalkit.web.errors import add_error_handlers
 from modalkit.web.metrics import Metrics
 from modalkit.web.middleware import add_middleware
+from modalkit.web.openai_routes import OPENAI_BODY_PATHS, add_openai_routes
 from modalkit.web.openapi import document_input
 from modalkit.web.ops_routes import add_ops_routes
 from modalkit.web.predict_routes import PREDICT_PATHS, add_predict_routes
 from modalkit.web.served import Served, served_by
+from modalkit.web.stream_routes import STREAM_PATH, add_stream_routes
 
-BODY_PATHS = frozenset({*PREDICT_PATHS, "/predict_batch", "/predict_async"})
+BODY_PATHS = frozenset({*PREDICT_PATHS, "/predict_batch", "/predict_async", STREAM_PATH, *OPENAI_BODY_PATHS})
 
 
 def create_web_endpoints(
@@ -60,8 +63,12 @@ def create_web_endpoints(
     add_middleware(app, BODY_PATHS, auth, api_key, metrics)
     configure_tracing(served.config.app_name)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics", exclude_spans=["receive", "send"])
-    add_predict_routes(app, served)
-    add_async_routes(app, served)
+    if served.streaming:
+        add_stream_routes(app, served, metrics)
+    else:
+        add_predict_routes(app, served)
+        add_async_routes(app, served)
+    add_openai_routes(app, served, metrics)
     add_ops_routes(app, served, metrics, details_need_key=api_key is not None)
     document_input(app, input_model)
     return app

@@ -58,7 +58,7 @@ class ApiKeyAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == self._header), None)
+        given = _given_key(scope, self._header)
         if given is not None and hmac.compare_digest(given, self._key):
             scope[_AUTHENTICATED] = True
             await self.app(scope, receive, send)
@@ -66,5 +66,21 @@ class ApiKeyAuth:
         if scope["path"] in self._public:
             await self.app(scope, receive, send)
             return
-        detail = f"missing API key: send it in the {self._name} header" if given is None else "invalid API key"
-        await send_error(send, 401, detail, ((b"www-authenticate", self._name.encode()),))
+        detail = (
+            f"missing API key: send it in the {self._name} header (or as Authorization: Bearer <key>)"
+            if given is None
+            else "invalid API key"
+        )
+        await send_error(scope, send, 401, detail, ((b"www-authenticate", self._name.encode()),))
+
+
+def _given_key(scope: Scope, header: bytes) -> bytes | None:
+    """The key a request carries: in the configured header, or as `Authorization: Bearer <key>` (how the
+    `openai` package and most HTTP clients send one)."""
+    bearer = None
+    for name, value in scope["headers"]:
+        if name == header:
+            return bytes(value)
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            bearer = bytes(value[7:]).strip()
+    return bearer

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modalkit.config.schema import LimitsConfig
+from modalkit.web.errors import error_body
 
 T = TypeVar("T")
 
@@ -55,15 +56,17 @@ class BodyTypeCheck:
                 if name == b"content-type":
                     problem = unsupported_body_type(value)
                     if problem is not None:
-                        await send_error(send, 415, problem)
+                        await send_error(scope, send, 415, problem)
                         return
                     break
         await self.app(scope, receive, send)
 
 
-async def send_error(send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    """A `{"detail": ...}` answer sent straight from ASGI middleware, before any route runs."""
-    body = json.dumps({"detail": detail}).encode()
+async def send_error(
+    scope: Scope, send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """An error answer sent straight from ASGI middleware, before any route runs (`errors.error_body`'s shape)."""
+    body = json.dumps(error_body(scope["path"], status, detail)).encode()
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from modalkit.exceptions import JobExpired, ModalkitError, QueueFull, ServiceUnavailable, StoreFull
@@ -27,6 +31,25 @@ STATUS_OF_ERROR: dict[type[ModalkitError], int] = {
     JobExpired: 410,
 }
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer; /metrics counts it
+OPENAI_PREFIX = "/v1/"  # routes that answer errors in OpenAI's shape
+_OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+_OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded", 413: "request_too_large"}
+
+
+def error_body(path: str, status: int, detail: Any) -> dict[str, Any]:
+    """The body of an error answer: `{"detail": ...}` (FastAPI's shape), or on the OpenAI-compatible routes
+    OpenAI's `{"error": {"message", "type", "code"}}`, so the `openai` package raises its own error classes."""
+    if not path.startswith(OPENAI_PREFIX):
+        return {"detail": detail}
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": _message(detail), "type": kind, "code": _OPENAI_CODES.get(status)}}
+
+
+def _message(detail: Any) -> str:
+    """One line for a detail that may be FastAPI's list of validation problems."""
+    if isinstance(detail, list) and all(isinstance(p, dict) for p in detail):
+        return "; ".join(f"{'.'.join(map(str, p.get('loc', [])))}: {p.get('msg', '')}" for p in detail)
+    return str(detail)
 
 
 def failure_exception(failure: Failure, model_name: str) -> HTTPException:
@@ -40,6 +63,8 @@ def failure_exception(failure: Failure, model_name: str) -> HTTPException:
 def add_error_handlers(app: FastAPI) -> None:
     for error in STATUS_OF_ERROR:
         app.add_exception_handler(error, refusal_answer)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ClientDisconnect, client_left)
     app.add_exception_handler(Exception, internal_error)
 
@@ -48,7 +73,18 @@ async def refusal_answer(request: Request, exc: ModalkitError) -> JSONResponse:
     status = next(code for kind, code in STATUS_OF_ERROR.items() if isinstance(exc, kind))
     retry_after = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
-    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, status, str(exc)), status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    body = error_body(request.url.path, exc.status_code, exc.detail)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, 422, jsonable_encoder(exc.errors())), status_code=422)
 
 
 async def client_left(request: Request, exc: Exception) -> Response:
@@ -58,4 +94,5 @@ async def client_left(request: Request, exc: Exception) -> Response:
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The stack trace goes to the log (with the trace id), never into the response.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500)
+    body = error_body(request.url.path, 500, "internal server error; the server log has the details")
+    return JSONResponse(body, status_code=500)

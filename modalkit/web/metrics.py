@@ -38,7 +38,25 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.first_chunk = PromHistogram(
+            "modalkit_stream_first_chunk_seconds",
+            "time from a stream's request to its first chunk",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.chunks = PromCounter("modalkit_stream_chunks", "chunks sent by streams", ["route"], registry=self.registry)
+        self.streams = PromCounter(
+            "modalkit_streams", "streams by how they ended", ["route", "outcome"], registry=self.registry
+        )
+        self.stream_outcomes: Counter[str] = Counter()  # completed / failed / cancelled, for /stats
         self.registry.register(_RuntimeCollector(observe))
+
+    def count_stream(self, route: str, outcome: str, chunks: int) -> None:
+        self.streams.labels(route, outcome).inc()
+        self.chunks.labels(route).inc(chunks)
+        self.stream_outcomes[outcome] += 1
+        self.stream_outcomes["chunks"] += chunks
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

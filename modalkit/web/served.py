@@ -14,6 +14,7 @@ from modalkit.config.schema import AppSettings, LimitsConfig
 from modalkit.exceptions import AppLoadError
 from modalkit.runtime import Runtime, select_runtime
 from modalkit.service import ModalService
+from modalkit.streaming import StreamingService
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Served:
         names = tuple(config.model_names() or [default_model])
         chosen = runtime or select_runtime(service, config, list(names), input_model)
         return cls(service, config, chosen, input_model, output_model, names, default_model)
+
+    @property
+    def streaming(self) -> bool:
+        """A `StreamingService`: it answers /predict_stream and the OpenAI generation routes, not /predict."""
+        return issubclass(user_class(self.service), StreamingService)
 
     @property
     def settings(self) -> AppSettings:

@@ -1,7 +1,8 @@
 """One container's life in a model's pool, from its first start until it idles out.
 
-A container starts, and one that cannot start or load is retried with capped exponential backoff. A loaded
-container takes batches from the pool's batcher and answers every item of each. One that crashed (noticed
+A container starts, and one that cannot start or load is retried with capped exponential backoff (`Life`, what
+every pool's containers share). A loaded batch container (`ContainerLife`) takes batches from the pool's batcher
+and answers every item of each; a streaming one is `stream_pool.StreamLife`. One that crashed (noticed
 when its process ends, busy or idle), ran a batch past the timeout, reported a CUDA failure, or could not run
 a batch is replaced at once, or after a backoff when it keeps crashing soon after loading. One that waited
 `scaledown_window` for work stops, when the pool may lose it.
@@ -14,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from modalkit import telemetry
 from modalkit.app_loader import ServiceRef
@@ -31,8 +32,8 @@ Ended = Literal["idle", "crash", "timeout", "cuda", "error"]
 SHUTTING_DOWN = "the server is shutting down"
 
 
-class ContainerHandle(Protocol):
-    """What a life needs of a container; `modalkit.runtime.local.container.Container` is the real one."""
+class ProcessHandle(Protocol):
+    """What any life needs of its container process: start it, see it end, stop it."""
 
     @property
     def pid(self) -> int | None: ...
@@ -46,10 +47,6 @@ class ContainerHandle(Protocol):
         """Returns once the model has loaded; raises `ContainerLoadFailed` if it cannot."""
         ...
 
-    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
-        """One batch's results and when inference started and ended (ns); `ContainerDied` if it goes."""
-        ...
-
     def kill(self) -> None: ...
 
     async def wait(self) -> int: ...
@@ -57,7 +54,16 @@ class ContainerHandle(Protocol):
     async def stop(self) -> None: ...
 
 
+class ContainerHandle(ProcessHandle, Protocol):
+    """What a batch life needs of a container; `modalkit.runtime.local.container.Container` is the real one."""
+
+    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
+        """One batch's results and when inference started and ended (ns); `ContainerDied` if it goes."""
+        ...
+
+
 ContainerFactory = Callable[[ServiceRef, str, dict[str, str]], ContainerHandle]
+H = TypeVar("H", bound=ProcessHandle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +82,13 @@ def load_failure(model_name: str, error: str) -> Failure:
     return Failure("load", f"model {model_name!r} failed to load: {error}")
 
 
-class ContainerLife:
-    """One slot of the pool: the container in it now, and its replacements until one idles out.
+class Life(Generic[H]):
+    """One slot of a pool: the container in it now, and its replacements until one idles out.
 
-    The pool provides the shared parts: its batcher, its stats (where this life's phase is kept, under `key`:
-    the pool enters it as "starting" and ends it), how to make a container, the threads a batch may use now,
-    and whether an idle container may stop now.
+    The pool provides the shared parts: its stats (where this life's phase is kept, under `key`: the pool enters
+    it as "starting" and ends it), how to make a container, and whether an idle container may stop now. What a
+    loaded container does is the subclass's `_serve`; `_fail_waiting` answers the work that waits for a container
+    when none can load.
     """
 
     def __init__(
@@ -90,21 +97,25 @@ class ContainerLife:
         model_name: str,
         timings: LifeTimings,
         *,
-        batcher: Batcher,
         stats: PoolStats,
-        new_container: Callable[[], ContainerHandle],
-        threads: Callable[[], int],
+        new_container: Callable[[], H],
         may_idle_out: Callable[[], bool],
     ) -> None:
         self.key = key
         self.model_name = model_name
-        self.container: ContainerHandle | None = None  # the one serving now; None while starting or stopping
+        self.container: H | None = None  # the one serving now; None while starting or stopping
         self._timings = timings
-        self._batcher = batcher
         self._stats = stats
         self._new_container = new_container
-        self._threads = threads
         self._may_idle_out = may_idle_out
+
+    async def _serve(self, container: H) -> Ended:
+        """Serve with a loaded container until it dies, must be replaced, or idles out; why it ended."""
+        raise NotImplementedError
+
+    def _fail_waiting(self, failure: Failure) -> None:
+        """Answer the work waiting for a container with `failure` (no container could load)."""
+        raise NotImplementedError
 
     async def run(self) -> None:
         """Start a container, serve with it, and replace it when it must go, until one idles out."""
@@ -126,7 +137,7 @@ class ContainerLife:
             )
             await asyncio.sleep(delay)
 
-    async def _start_loaded(self) -> ContainerHandle:
+    async def _start_loaded(self) -> H:
         """A container that has loaded; a failed start or load is retried with capped exponential backoff."""
         failures = 0
         while True:
@@ -145,7 +156,7 @@ class ContainerLife:
             self._stats.load_error = None
             return container
 
-    async def _discard(self, container: ContainerHandle) -> None:
+    async def _discard(self, container: H) -> None:
         self._stats.container_down(self.key)
         await container.stop()
 
@@ -154,22 +165,49 @@ class ContainerLife:
         delay = self._timings.backoff_s(failures)
         logger.error("model %r failed to load (attempt %d, next in %gs): %s", self.model_name, failures, delay, error)
         if self._stats.ready == 0:  # no other container will serve the queue meanwhile
-            self._batcher.fail_all(load_failure(self.model_name, error))
+            self._fail_waiting(load_failure(self.model_name, error))
         await asyncio.sleep(delay)
 
-    async def _serve_then_stop(self, container: ContainerHandle) -> Ended:
+    async def _serve_then_stop(self, container: H) -> Ended:
         """Serve with a loaded container, then stop it; why it ended."""
         self.container = container
         self._stats.enter(self.key, "idle")
         logger.info("container of %r ready (pid %s)", self.model_name, container.pid)
         ended: Ended | None = None
         try:
-            ended = await self._serve_batches(container)
+            ended = await self._serve(container)
             return ended
         finally:  # in the same step as the decision: another idle container counts this one as leaving
             self.container = None
             self._stats.enter(self.key, "leaving" if ended == "idle" else "starting")
             await self._discard(container)
+
+
+class ContainerLife(Life[ContainerHandle]):
+    """A life that serves batches: it takes them from the pool's batcher and answers every item of each, with the
+    threads the pool gives a batch now."""
+
+    def __init__(
+        self,
+        key: int,
+        model_name: str,
+        timings: LifeTimings,
+        *,
+        batcher: Batcher,
+        stats: PoolStats,
+        new_container: Callable[[], ContainerHandle],
+        threads: Callable[[], int],
+        may_idle_out: Callable[[], bool],
+    ) -> None:
+        super().__init__(key, model_name, timings, stats=stats, new_container=new_container, may_idle_out=may_idle_out)
+        self._batcher = batcher
+        self._threads = threads
+
+    def _fail_waiting(self, failure: Failure) -> None:
+        self._batcher.fail_all(failure)
+
+    async def _serve(self, container: ContainerHandle) -> Ended:
+        return await self._serve_batches(container)
 
     async def _serve_batches(self, container: ContainerHandle) -> Ended:
         """Feed batches to the container until it dies, must be replaced, or idles out; why it ended."""
