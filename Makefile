@@ -41,6 +41,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/vs_litserve.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/streaming.py
 
 docs: install
 	$(BIN)/mkdocs build --strict

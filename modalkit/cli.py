@@ -88,6 +88,8 @@ def run(
     served = served_by(_load_web_app(app_path, config_files))
     if served is None:
         raise click.ClickException(f"{app_path}: its web app was not made by modalkit's create_web_endpoints")
+    if served.streaming:
+        raise click.ClickException(f"{app_path}: a streaming service answers /predict_stream; bulk runs need /predict")
     try:
         name = served.model_check(model_name)
     except ModalkitError as exc:

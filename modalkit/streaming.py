@@ -10,10 +10,12 @@ from typing import Any
 # Imported at run time, not under TYPE_CHECKING: Modal evaluates the service class's annotations.
 from modalkit.config import ModalConfig
 from modalkit.cuda import is_cuda_error
+from modalkit.exceptions import InferenceError
 from modalkit.outcome import Failure
 from modalkit.service import ModalService, name_as_method_of, unwrapped
 
 logger = logging.getLogger("modalkit.service")
+_MIN_STREAM_THREADS = 64
 
 
 class StreamingService(ModalService):
@@ -51,8 +53,11 @@ class StreamingService(ModalService):
     async def stream_chunks(self, item: Any) -> AsyncIterator[Any]:
         """The chunks of one input's answer; a failure, at the start or midway, ends the stream with a `Failure`."""
         if self._stream_threads is None:
+            # One thread per stream that may run at once. `@modal.concurrent` on the class may allow more than the
+            # YAML says, and this instance cannot see it: the pool only starts threads as streams need them, so
+            # its bound need not be tight, only never below the streams a container runs.
             concurrency = self.modal_config.app_settings.deployment_config.max_concurrent_inputs
-            self._stream_threads = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="modalkit-stream")
+            self._stream_threads = ThreadPoolExecutor(max(_MIN_STREAM_THREADS, concurrency), "modalkit-stream")
         chunks = self._model.stream(unwrapped(item), self._stream_threads)
         try:
             async for chunk in chunks:
@@ -61,7 +66,8 @@ class StreamingService(ModalService):
             if is_cuda_error(exc):
                 yield self._recycle(exc, 1)[0]
                 return
-            logger.exception("a stream failed")
+            if not isinstance(exc, InferenceError):  # a refused input is the caller's, as in a batch: not logged
+                logger.exception("a stream failed")
             yield Failure.from_exception(exc)
         finally:  # closed early (the caller left): close the model's generator now, not when it is collected
             aclose = getattr(chunks, "aclose", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import pickle
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -180,6 +181,25 @@ def test_a_modal_error_midway_ends_the_stream_as_unavailable(chat: Any, monkeypa
     assert "ConnectionError: the container went away" in chunks[1].detail and len(chunks) == 2
 
 
+def test_closing_a_stream_whose_call_is_gone_does_not_raise(chat: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def gone(item: Any) -> AsyncIterator[Any]:
+        try:
+            while True:
+                yield "chunk"
+        finally:
+            raise modal.exception.ConnectionError("the call is gone")
+
+    runtime, remote = runtime_of(chat.Chat, gone, monkeypatch)
+
+    async def take_one() -> Any:
+        chunks = runtime.stream("m", "x")
+        first = await anext(chunks)
+        await chunks.aclose()
+        return first
+
+    assert asyncio.run(take_one()) == "chunk" and remote.closed == ["x"]
+
+
 @pytest.mark.parametrize("name", ["Chat", "AsyncChat"])
 def test_closing_the_stream_early_closes_the_remote_generator_and_the_model(
     chat: Any, name: str, monkeypatch: pytest.MonkeyPatch
@@ -203,7 +223,7 @@ def test_closing_the_stream_early_closes_the_remote_generator_and_the_model(
 @pytest.mark.filterwarnings("ignore::modal.exception.AsyncUsageWarning")
 def test_submit_and_spawn_on_a_streaming_service_name_the_stream_route(chat: Any) -> None:
     runtime = ModalRuntime(chat.Chat, ["m"])
-    with pytest.raises(NotSupported, match="Chat is a streaming service.*/predict: use /predict_stream"):
+    with pytest.raises(NotSupported, match=r"Chat is a streaming service.*/predict: use /predict_stream"):
         asyncio.run(runtime.submit("m", chat.ChatIn(text="x")))
     with pytest.raises(NotSupported, match="/predict_async: use /predict_stream"):
         asyncio.run(runtime.spawn("m", AsyncRequest(chat.ChatIn(text="x"))))
@@ -222,7 +242,7 @@ def test_a_batched_service_does_not_stream(config_file: Path, monkeypatch: pytes
     echo = import_app(APPS / "echo_app.py")
     assert service_shape(echo.EchoService) == ("EchoService", "batched")
     runtime = ModalRuntime(echo.EchoService, ["m"])
-    with pytest.raises(NotSupported, match="EchoService is a batched service.*/predict_stream: use /predict"):
+    with pytest.raises(NotSupported, match=r"EchoService is a batched service.*/predict_stream: use /predict"):
         collect(runtime.stream("m", echo.EchoIn(text="x")))
 
 
@@ -230,7 +250,9 @@ def test_a_batched_service_does_not_stream(config_file: Path, monkeypatch: pytes
 
 
 @pytest.mark.parametrize("name", ["Chat", "AsyncChat"])
-def test_stream_chunks_in_order_and_failures_end_the_stream(chat: Any, name: str) -> None:
+def test_stream_chunks_in_order_and_failures_end_the_stream(
+    chat: Any, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     service = container(chat, name)
     assert service.model_name == "m" and isinstance(service._model, chat.Words if name == "Chat" else chat.AsyncWords)
     assert collect(service.stream_chunks(chat.ChatIn(text="a b c"))) == ["a", "b", "c"]
@@ -239,7 +261,9 @@ def test_stream_chunks_in_order_and_failures_end_the_stream(chat: Any, name: str
         "a",
         Failure("rejected", "this word is refused", 409),
     ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a refused input is not a server error
     broken = collect(service.stream_chunks(chat.ChatIn(text="a boom c")))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["a stream failed"]
     assert broken[:1] == ["a"] and len(broken) == 2
     assert broken[1].cause == "error" and http_status(broken[1]) == 500 and "the model broke" in broken[1].detail
     assert "c" not in chat.MADE["a boom c"] and "c" not in chat.MADE["a reject c"]
@@ -270,12 +294,12 @@ class Model(InferenceBase):
 
 
 def test_a_streaming_service_without_config_is_an_error(config_file: Path) -> None:
-    with pytest.raises(ConfigError, match="NoConfig has no config: add `modal_config = ModalConfig\\(\\)`"):
+    with pytest.raises(ConfigError, match=r"NoConfig has no config: add `modal_config = ModalConfig\(\)`"):
 
         class NoConfig(StreamingService):
             inference_implementation = Model
 
-    with pytest.raises(ConfigError, match="Misnamed.settings: a ModalConfig must be named modal_config"):
+    with pytest.raises(ConfigError, match=r"Misnamed\.settings: a ModalConfig must be named modal_config"):
 
         class Misnamed(StreamingService):
             inference_implementation = Model
@@ -283,7 +307,7 @@ def test_a_streaming_service_without_config_is_an_error(config_file: Path) -> No
 
 
 def test_a_streaming_service_with_a_constructor_is_refused(config_file: Path) -> None:
-    with pytest.raises(ConfigError, match="WithInit.__init__: Modal 1.6 classes take no constructor"):
+    with pytest.raises(ConfigError, match=r"WithInit\.__init__: Modal 1\.6 classes take no constructor"):
 
         class WithInit(StreamingService):
             inference_implementation = Model

@@ -24,7 +24,12 @@ from modalkit.exceptions import ContainerDied, ContainerLoadFailed
 from modalkit.outcome import Failure
 from modalkit.runtime.local.lifecycle import LifeTimings
 from modalkit.runtime.local.pool import ContainerPool, PoolSettings
-from modalkit.runtime.local.scaling import ScalingInputs, may_idle_out, should_start_container
+from modalkit.runtime.local.scaling import (
+    ScalingInputs,
+    may_idle_out,
+    should_start_container,
+    should_start_stream_container,
+)
 
 REF = ServiceRef("app.py", "App")
 MODEL = "m"
@@ -65,6 +70,21 @@ def test_should_start_container(changes: dict[str, Any], start: bool) -> None:
 def test_may_idle_out(live: int, leaving: int, min_containers: int, may: bool) -> None:
     pool = inputs(live=live, ready=live - leaving, busy=0, leaving=leaving, min_containers=min_containers)
     assert may_idle_out(pool) is may
+
+
+@pytest.mark.parametrize(
+    ("waiting", "live", "ready", "start"),
+    [
+        (1, 0, 0, True),  # no container: the first stream starts one
+        (0, 0, 0, False),  # nothing waits
+        (2, 1, 0, True),  # one starting has 1 slot for 2 streams
+        (1, 1, 0, False),  # the one starting will take it
+        (1, 1, 1, True),  # the ready one is full (else it would not wait)
+        (5, 3, 3, False),  # at max_containers
+    ],
+)
+def test_should_start_stream_container(waiting: int, live: int, ready: int, start: bool) -> None:
+    assert should_start_stream_container(waiting, live, ready, slots=1, max_containers=3) is start
 
 
 # --- the pool, with stand-in containers -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,7 +63,8 @@ class ModalRuntime:
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
-                await close()
+                with contextlib.suppress(modal.exception.Error):  # the call is gone already: nothing left to stop
+                    await close()
 
     def _refuse_unless(self, shape: str, route: str) -> None:
         """A streaming class has no `process_request`, a batched one no `stream_request`: say which route to use."""

@@ -13,7 +13,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
+
+from modalkit.outcome import Encoded
 
 TOKEN_FIELDS = ("tokens", "token_count", "prompt_tokens")
 
@@ -129,6 +132,8 @@ def render_chat(messages: list[dict[str, str]]) -> str:
 
 def chunk_text(chunk: Any) -> str:
     """The text of one generated chunk: the chunk itself, or its `text` field."""
+    if isinstance(chunk, Encoded):  # a local container sends each chunk as its JSON
+        chunk = pydantic_core.from_json(chunk)
     if isinstance(chunk, str):
         return chunk
     if isinstance(chunk, dict):

@@ -16,7 +16,7 @@ from modalkit.runtime.local import frames
 
 T = TypeVar("T")
 
-_EXIT_WAIT_S = 2.0  # after a pipe error, how long the process may take to exit before it is killed
+EXIT_WAIT_S = 2.0  # after a pipe error, how long the process may take to exit before it is killed
 
 
 class Container:
@@ -110,7 +110,7 @@ class Container:
         if finished and error is None:
             return task.result()  # a result that arrived as the process exited (a recycle) still counts
         if not self.exited.done():  # the pipe failed first: the process is usually ending; if not, it is broken
-            await asyncio.wait((self.exited,), timeout=_EXIT_WAIT_S)
+            await asyncio.wait((self.exited,), timeout=EXIT_WAIT_S)
         if not self.exited.done():
             self.kill()
             await self.exited

@@ -2,7 +2,8 @@
 
 Another container starts (up to `max_containers`) when work is queued and either none is running, or none is
 starting, none is idle and the oldest queued item has waited longer than a batch takes. A container idle for
-`scaledown_window` stops, unless that would leave fewer than `min_containers`.
+`scaledown_window` stops, unless that would leave fewer than `min_containers`. A streaming pool starts another
+when streams wait for a slot and the containers already starting cannot take them all.
 """
 
 from __future__ import annotations
@@ -46,3 +47,9 @@ def should_start_container(pool: ScalingInputs) -> bool:
 def may_idle_out(pool: ScalingInputs) -> bool:
     """Whether an idle container may stop: the others that stay are still at least `min_containers`."""
     return pool.live - pool.leaving > pool.min_containers
+
+
+def should_start_stream_container(waiting: int, live: int, ready: int, slots: int, max_containers: int) -> bool:
+    """Whether a streaming pool starts another container now: streams wait for a slot, and the containers
+    already starting (`live - ready`, each with `slots` slots) will not have room for them all."""
+    return live < max_containers and waiting > (live - ready) * slots

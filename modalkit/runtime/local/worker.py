@@ -3,6 +3,7 @@
 Run by the container pool as `python -m modalkit.runtime.local.worker APP_PATH ATTRIBUTE MODEL_NAME`;
 frames arrive on stdin and leave on stdout, and anything the model prints goes to stderr. The server alone
 decides when a container stops: it ends at a "stop" frame, at the end of stdin, or when the server dies.
+A `StreamingService` loads with `open_local` and serves streams instead of batches (`stream_worker`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import pydantic_core
@@ -19,7 +21,7 @@ import pydantic_core
 from modalkit.app_loader import ServiceRef, load_service, user_class
 from modalkit.iomodel import reported_error
 from modalkit.outcome import Encoded, Failure, Reported
-from modalkit.runtime.local import frames
+from modalkit.runtime.local import frames, stream_worker
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -30,13 +32,26 @@ def main(argv: list[str]) -> int:
     frames_in, frames_out = _take_over_stdio()
     try:
         service = load_service(ServiceRef(app_path, attribute))
-        obj = service(**_parameters(service, model_name))
-        run_batch = obj.process_request.local  # looked up once: Modal binds the method on every access
-        run_batch([])  # the first local call runs @modal.enter: load_artefacts, once
+        service_class: Any = user_class(service)
+        streaming = stream_worker.is_streaming(service_class)
+        loaded = service_class.open_local(model_name) if streaming else _batch_runner(service, model_name)
     except BaseException as exc:
         _send(frames_out, ("load_failed", f"{type(exc).__name__}: {exc}"))
         return 3
     _send(frames_out, ("ready", None))
+    if streaming:
+        return stream_worker.serve(loaded, frames_in, frames_out)
+    return _serve_batches(loaded, frames_in, frames_out)
+
+
+def _batch_runner(service: Any, model_name: str) -> Callable[[list[Any]], list[Any]]:
+    obj = service(**_parameters(service, model_name))
+    run_batch: Callable[[list[Any]], list[Any]] = obj.process_request.local  # bound once: Modal binds per access
+    run_batch([])  # the first local call runs @modal.enter: load_artefacts, once
+    return run_batch
+
+
+def _serve_batches(run_batch: Callable[[list[Any]], list[Any]], frames_in: IO[bytes], frames_out: IO[bytes]) -> int:
     while True:
         message = frames.read_blocking(frames_in)
         if message is None or message[0] == "stop":
