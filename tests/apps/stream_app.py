@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import modal
 from pydantic import BaseModel
 
-from modalkit import InferenceBase, InferenceError, ModalConfig, StreamingService
+from modalkit import InferenceBase, InferenceError, ModalConfig, StreamingService, create_web_endpoints
 
 
 class StreamIn(BaseModel):
@@ -70,3 +70,9 @@ class TokenService(StreamingService):
     inference_implementation = Tokens
     model_name: str = modal.parameter(default="tokens")
     modal_config = config
+
+
+@app.function()
+@modal.asgi_app()
+def web():
+    return create_web_endpoints(TokenService, input_model=StreamIn, output_model=Token)
