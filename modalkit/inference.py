@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from concurrent.futures import Executor
+import functools
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from modalkit.cuda import is_cuda_error
@@ -95,9 +96,10 @@ class InferenceBase:
         return self.postprocess(self.predict(self.preprocess(inputs)))
 
     async def stream(self, item: Any, executor: Executor | None = None) -> AsyncIterator[Any]:
-        """`predict_stream(item)` as an async iterator. A plain generator steps in `executor`'s threads, so several
-        streams run at once and the event loop never waits for a step; closing this iterator early closes the
-        generator (after the step in flight), which is how a client that leaves stops its generation."""
+        """`predict_stream(item)` as an async iterator. A plain generator runs in one of `executor`'s threads for
+        the whole stream, a step ahead of the reader (it never waits for the event loop between tokens); closing
+        this iterator early stops it after the step in flight, which is how a client that leaves stops its
+        generation, and returns once it has stopped."""
         produced = self.predict_stream(item)
         # When this iterator is closed early, the one inside is closed then, not whenever it is collected.
         if isinstance(produced, AsyncIterator):
@@ -109,30 +111,76 @@ class InferenceBase:
                 if aclose is not None:
                     await aclose()
             return
-        async with contextlib.aclosing(_stepped_in_threads(iter(produced), executor)) as chunks:
-            async for chunk in chunks:
+        pump = GeneratorPump(iter(produced), asyncio.get_running_loop())
+        done = asyncio.wrap_future((executor or _default_executor()).submit(pump.run))
+        try:
+            while True:
+                chunk = await pump.next_chunk()
+                if chunk is _END:
+                    return
                 yield chunk
+        finally:
+            pump.stop()
+            await asyncio.shield(done)  # the generator has stopped (and is closed) before the stream ends
 
 
 _END = object()
+_AHEAD = 64  # chunks a generator may run ahead of its reader
 
 
-async def _stepped_in_threads(generator: Iterator[Any], executor: Executor | None) -> AsyncGenerator[Any, None]:
-    loop = asyncio.get_running_loop()
-    step: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            step = loop.run_in_executor(executor, next, generator, _END)
-            # shielded: a cancelled consumer leaves the step running (a thread cannot be stopped), so the close
-            # below sees it still running and waits for it, rather than closing a generator that is executing
-            chunk = await asyncio.shield(step)
-            if chunk is _END:
-                return
-            yield chunk
-    finally:
-        close = getattr(generator, "close", None)
-        if close is not None:
-            if step is not None and not step.done():  # a generator cannot be closed while it runs: after the step
-                step.add_done_callback(lambda _: loop.run_in_executor(executor, close))
-            else:
-                await loop.run_in_executor(executor, close)
+class GeneratorPump:
+    """Runs a plain generator in a thread and hands its chunks to an event loop as they are made.
+
+    The thread never waits for the loop between steps (only when `_AHEAD` chunks are unread); the loop wakes once
+    per chunk. `stop()` makes the thread close the generator after its current step, in its own thread (a
+    generator cannot be closed from another thread while it runs).
+    """
+
+    def __init__(self, generator: Iterator[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._generator = generator
+        self._loop = loop
+        self._chunks: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
+        self._room = threading.Semaphore(_AHEAD)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """In the worker thread: step the generator until it ends, fails or is stopped."""
+        try:
+            for chunk in self._generator:
+                if not self._hand_over(chunk, None):
+                    return
+            self._hand_over(_END, None)
+        except BaseException as exc:  # handed to the reader, which raises it where the stream is read
+            self._hand_over(_END, exc)
+        finally:
+            close = getattr(self._generator, "close", None)
+            if close is not None:
+                close()
+
+    def _hand_over(self, chunk: Any, error: BaseException | None) -> bool:
+        while not self._room.acquire(timeout=0.1):
+            if self._stopped.is_set():
+                return False
+        if self._stopped.is_set():
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._chunks.put_nowait, (chunk, error))
+        except RuntimeError:  # the loop has closed: nobody reads any more
+            return False
+        return True
+
+    async def next_chunk(self) -> Any:
+        chunk, error = await self._chunks.get()
+        self._room.release()
+        if error is not None:
+            raise error
+        return chunk
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._room.release()  # a thread waiting for room sees the stop at once
+
+
+@functools.cache
+def _default_executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(64, thread_name_prefix="modalkit-stream")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,15 +64,30 @@ class StreamingService(ModalService):
             async for chunk in chunks:
                 yield chunk
         except Exception as exc:
-            if is_cuda_error(exc):
-                yield self._recycle(exc, 1)[0]
-                return
-            if not isinstance(exc, InferenceError):  # a refused input is the caller's, as in a batch: not logged
-                logger.exception("a stream failed")
-            yield Failure.from_exception(exc)
+            yield self._stream_failure(exc)
         finally:  # closed early (the caller left): close the model's generator now, not when it is collected
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
     _stream_threads: ThreadPoolExecutor | None = None
+
+    def streams_in_threads(self) -> bool:
+        """Whether the model's `predict_stream` is a plain generator (a local container steps those in a thread)."""
+        return not inspect.isasyncgenfunction(self._model.predict_stream)
+
+    def open_generation(self, item: Any) -> Iterator[Any]:
+        """The model's plain generator for one input, for a caller that steps it itself (the local container)."""
+        return iter(self._model.predict_stream(unwrapped(item)))  # type: ignore[arg-type]
+
+    def failure_of(self, exc: Exception) -> Failure:
+        """What an exception raised by a generation means for its stream (a CUDA error also recycles)."""
+        return self._stream_failure(exc)
+
+    def _stream_failure(self, exc: Exception) -> Failure:
+        if is_cuda_error(exc):
+            failure: Failure = self._recycle(exc, 1)[0]
+            return failure
+        if not isinstance(exc, InferenceError):  # a refused input is the caller's, as in a batch: not logged
+            logger.exception("a stream failed")
+        return Failure.from_exception(exc)

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from modalkit.outcome import Failure, encode
 from modalkit.runtime.local import frames
+from modalkit.runtime.local.stepper import Stepper
 
 
 def is_streaming(service_class: type) -> bool:
@@ -40,9 +41,18 @@ class _Streams:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._recycled: Failure | None = None  # the CUDA failure that ends this container
         self._recycle = asyncio.Event()
+        self._in_threads = bool(instance.streams_in_threads())
+        self._stepper: Stepper | None = None
+        self._ends: dict[int, asyncio.Future[Failure | None]] = {}  # plain-generator streams, until they end
+        self._writing = threading.Lock()
 
     async def serve(self, frames_in: IO[bytes]) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        if self._in_threads:
+            instance = self._instance
+            self._stepper = Stepper(
+                instance.open_generation, instance.failure_of, self._stepped_chunk, self._stepped_end
+            )
         inbox: asyncio.Queue[Any] = asyncio.Queue()
         reader = threading.Thread(
             target=_read_frames, args=(frames_in, loop, inbox), name="modalkit-frames", daemon=True
@@ -72,10 +82,44 @@ class _Streams:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._stepper is not None:
+            await asyncio.to_thread(self._stepper.close)
 
     async def _run(self, stream_id: int, item: Any) -> None:
-        """One stream: its chunks as they come, then its end or its failure; cancelled, it ends at once (the user's
-        generator is closed after the step in flight)."""
+        if self._in_threads:
+            await self._run_in_thread(stream_id, item)
+        else:
+            await self._run_on_loop(stream_id, item)
+
+    async def _run_in_thread(self, stream_id: int, item: Any) -> None:
+        """A plain generator: the stepper thread steps it in turn with the others and sends each chunk as it is made
+        (the event loop is not woken per token); a cancel stops it at its next turn, and it ends once stopped."""
+        loop = asyncio.get_running_loop()
+        ended = self._ends[stream_id] = loop.create_future()
+        assert self._stepper is not None
+        self._stepper.add(stream_id, item)
+        try:
+            failure = await asyncio.shield(ended)
+        except asyncio.CancelledError:
+            self._stepper.stop(stream_id)
+            await asyncio.wait([ended])  # it ends at its next turn, before "end" is said
+            failure = ended.result() or self._recycled
+        finally:
+            self._ends.pop(stream_id, None)
+        self._end(stream_id, failure)
+
+    def _stepped_chunk(self, stream_id: int, chunk: Any) -> None:
+        """In the stepper thread: send one chunk (a chunk that is not JSON fails its stream, by raising)."""
+        self._send(("chunk", stream_id, encode(chunk)))
+
+    def _stepped_end(self, stream_id: int, failure: Failure | None) -> None:
+        """In the stepper thread: a stream ended; its task, on the loop, says so."""
+        ended = self._ends.get(stream_id)
+        if ended is not None:
+            self._loop.call_soon_threadsafe(_resolve, ended, failure)
+
+    async def _run_on_loop(self, stream_id: int, item: Any) -> None:
+        """An async generator: its chunks as they come, then its end or its failure; cancelled, it ends at once."""
         try:
             async with contextlib.aclosing(self._instance.stream_chunks(item)) as chunks:
                 async for chunk in chunks:
@@ -103,9 +147,12 @@ class _Streams:
             self._recycle.set()
 
     def _send(self, message: Any) -> None:
+        """Write one frame, from the loop or from a stream's thread: whole frames only, one at a time."""
+        data = frames.encode(message)
         try:
-            self._out.write(frames.encode(message))
-            self._out.flush()
+            with self._writing:
+                self._out.write(data)
+                self._out.flush()
         except OSError:  # the server closed the pipe: it is gone, and no one is left to tell
             os._exit(1)
 
@@ -120,3 +167,8 @@ def _read_frames(frames_in: IO[bytes], loop: asyncio.AbstractEventLoop, inbox: a
             return
         if message is None or message[0] == "stop":
             return
+
+
+def _resolve(future: asyncio.Future[Failure | None], failure: Failure | None) -> None:
+    if not future.done():
+        future.set_result(failure)
