@@ -13,13 +13,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import modal
 import modal.exception
 import pytest
 from modal._partial_function import _PartialFunctionFlags
 from modal_proto import api_pb2
 
-from modalkit import InferenceBase, ModalConfig, StreamingService
+from modalkit import InferenceBase, ModalConfig, StreamingService, create_web_endpoints
 from modalkit.app_loader import import_app, user_class
 from modalkit.exceptions import ConfigError, NotSupported
 from modalkit.inference import _AHEAD
@@ -334,3 +335,21 @@ def test_an_intermediate_base_class_without_config_is_allowed(config_file: Path)
     assert "stream_request" not in Base.__dict__ and "load_artefacts" not in Base.__dict__
     assert raw(Leaf.__dict__["stream_request"]).params.is_generator is True
     assert Leaf.modal_config.model_names() == ["m"]
+
+
+def test_the_web_function_streams_through_remote_gen(chat: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `modal deploy` serves: the web app over `ModalRuntime`, whose only stand-in is `remote_gen.aio`."""
+    runtime, remote = runtime_of(chat.Chat, container(chat).stream_chunks, monkeypatch)
+    app = create_web_endpoints(chat.Chat, input_model=chat.ChatIn, output_model=chat.ChatIn, runtime=runtime)
+
+    async def post(text: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://modal") as client:
+            return await client.post("/predict_stream", json={"text": text})
+
+    answer = asyncio.run(post("hello streaming world"))
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert answer.text == 'data: "hello"\n\ndata: "streaming"\n\ndata: "world"\n\nevent: done\ndata: {}\n\n'
+    assert [item.text for item in remote.closed] == ["hello streaming world"]  # called with remote_gen.aio, closed
+    broken = asyncio.run(post("one boom"))
+    assert broken.text.startswith('data: "one"\n\nevent: error\ndata: {"detail": "inference failed: ValueError')

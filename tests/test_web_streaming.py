@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from modalkit import InferenceBase, ModalConfig, ModalService, StreamingService, create_web_endpoints
 from modalkit.observation import Observation
 from modalkit.outcome import Failure
+from tests.conftest import SPANS
 
 KEY = "sk-test-key"
 
@@ -282,3 +283,26 @@ def test_openai_embeddings_go_through_the_runtime_in_both_encodings(services: di
     assert [m.id for m in models.data] == ["tiny", "other"]
     assert failed.status_code == 503 and failed.type == "server_error"
     assert [item.text for item in runtime.seen[:3]] == ["a cat", "two small dogs", "a cat"]
+
+
+def test_a_stream_is_one_request_span_with_a_generation_child_and_is_metered(services: dict[str, Any]) -> None:
+    app = create_web_endpoints(services["stream"], Prompt, Text, runtime=ScriptedRuntime())
+    SPANS.clear()
+
+    async def scenario() -> tuple[httpx.Response, str, dict[str, Any]]:
+        async with raw_client(app) as client:
+            answer = await client.post("/predict_stream", json={"prompt": "hello"})
+            await client.post("/predict_stream", json={"prompt": "fail midway"})
+            return answer, (await client.get("/metrics")).text, (await client.get("/stats")).json()
+
+    answer, metrics, stats = asyncio.run(scenario())
+    assert answer.status_code == 200
+    spans = SPANS.get_finished_spans()
+    generation = next(s for s in spans if s.name == "modalkit.stream" and s.attributes["modalkit.chunks"] == 4)
+    request = next(s for s in spans if s.context.span_id == generation.parent.span_id)
+    assert request.name == "POST /predict_stream" and request.context.trace_id == generation.context.trace_id
+    assert generation.attributes["modalkit.stream_outcome"] == "completed"
+    assert 'modalkit_stream_first_chunk_seconds_count{route="/predict_stream"} 2.0' in metrics
+    assert 'modalkit_stream_chunks_total{route="/predict_stream"} 6.0' in metrics
+    assert 'modalkit_streams_total{outcome="failed",route="/predict_stream"} 1.0' in metrics
+    assert stats["streams"] == {"completed": 1, "failed": 1, "cancelled": 0, "chunks": 6}
