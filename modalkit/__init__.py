@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from modalkit.config import ModalConfig
     from modalkit.exceptions import ConfigError, InferenceError, ModalkitError
+    from modalkit.files import File, Upload
     from modalkit.inference import InferenceBase
     from modalkit.service import ModalService
     from modalkit.streaming import StreamingService
@@ -20,23 +21,27 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConfigError": "modalkit.exceptions",
+    "File": "modalkit.files",
     "InferenceBase": "modalkit.inference",
     "InferenceError": "modalkit.exceptions",
     "ModalConfig": "modalkit.config",
     "ModalService": "modalkit.service",
     "ModalkitError": "modalkit.exceptions",
     "StreamingService": "modalkit.streaming",
+    "Upload": "modalkit.files",
     "create_web_endpoints": "modalkit.web",
 }
 
 __all__ = [
     "ConfigError",
+    "File",
     "InferenceBase",
     "InferenceError",
     "ModalConfig",
     "ModalService",
     "ModalkitError",
     "StreamingService",
+    "Upload",
     "create_web_endpoints",
 ]
 

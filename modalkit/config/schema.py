@@ -308,6 +308,10 @@ class LimitsConfig(Section):
     # Bodies larger than this are parsed in a worker thread, so one big body never stalls the event loop.
     parse_in_thread_bytes: int = Field(256 * 1024, ge=0)
     max_meta_bytes: int = Field(16 * 1024, ge=0)  # the JSON of an async request's `meta`, else 413
+    # Uploads (an input model with `bytes` or `modalkit.files.File` fields): multipart or raw bodies.
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)  # a whole multipart or raw body, else 413 unread
+    max_file_bytes: int = Field(25 * 1024 * 1024, ge=1)  # one file, unless its field's Upload says otherwise
+    file_content_types: list[str] = Field(default_factory=lambda: ["*/*"])  # what a file field accepts by default
     # The connection edge (`modalkit serve`): slow or silent clients and huge headers are cut off.
     max_connections: int = Field(1000, ge=1, le=100_000)  # open connections; past it new ones get 503
     header_timeout_seconds: float = Field(10.0, gt=0, le=600)  # a request's headers must arrive within this

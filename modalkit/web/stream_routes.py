@@ -12,12 +12,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from modalkit.outcome import Failure
+from modalkit.outcome import Failure, encode
 from modalkit.web.body import parse_input_async
 from modalkit.web.metrics import Metrics
 from modalkit.web.openapi import BODY_ERRORS, input_ref, openapi_body
 from modalkit.web.served import Served
-from modalkit.web.streams import SSE_HEADERS, chunk_json, failure_event, open_stream, sse_event
+from modalkit.web.streams import SSE_HEADERS, failure_event, open_stream, sse_event
 
 STREAM_PATH = "/predict_stream"
 DONE_EVENT = sse_event(b"{}", "done")
@@ -50,5 +50,5 @@ async def server_sent_events(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]
         if isinstance(chunk, Failure):
             yield failure_event(chunk)
             return
-        yield sse_event(chunk_json(chunk))
+        yield sse_event(encode(chunk))
     yield DONE_EVENT

@@ -15,7 +15,7 @@ from fastapi import Request
 from opentelemetry.trace import Span
 
 from modalkit import telemetry
-from modalkit.outcome import Failure, encode
+from modalkit.outcome import Failure
 from modalkit.web.errors import failure_exception
 from modalkit.web.metrics import Metrics
 from modalkit.web.predict_routes import answered
@@ -86,10 +86,6 @@ def sse_event(data: bytes, event: str | None = None) -> bytes:
     """One server-sent event. `data` is one line of JSON (JSON escapes newlines, so it never breaks the frame)."""
     head = b"event: " + event.encode() + b"\n" if event else b""
     return head + b"data: " + data + b"\n\n"
-
-
-def chunk_json(chunk: Any) -> bytes:
-    return encode(chunk)
 
 
 def failure_event(failure: Failure) -> bytes:
