@@ -2,6 +2,10 @@
 
 Output line i answers input line i. Lines are appended and flushed as they complete in order, so after
 a crash the output holds a complete prefix (a torn last line is cut off) and a rerun starts after it.
+
+A file field's value may name a file, `{"file": "images/cat.png"}` (relative to the JSONL file's folder): it is
+read and becomes the field's value (a `File` with its filename and guessed content type, or the bytes) before
+validation. A file that cannot be read, or that its field's `Upload` rules refuse, fails its own line.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import mimetypes
 import os
 import time
 from collections import deque
@@ -19,6 +24,7 @@ from typing import IO, Any
 from pydantic import BaseModel, ValidationError
 
 from modalkit.exceptions import BulkStopped
+from modalkit.files import FileField, file_fields
 from modalkit.outcome import Failure, encode, failure_body
 
 Submit = Callable[[Any], Awaitable[Any]]
@@ -53,12 +59,60 @@ def answer_line(result: Any) -> bytes:
     return encode(result)
 
 
-def parse_line(input_model: type[BaseModel], line: str) -> Any:
+def parse_line(input_model: type[BaseModel], line: str, folder: Path | None = None) -> Any:
+    """The input of one line, or the Failure that answers it. File fields naming a file (`{"file": path}`) are
+    read from `folder` (the JSONL file's) first; a line naming no file is validated as JSON, as the routes do."""
     try:
-        return input_model.model_validate_json(line)
+        values = _with_files(input_model, line, folder or Path.cwd())
+        if isinstance(values, Failure):
+            return values
+        if values is None:
+            return input_model.model_validate_json(line)
+        return input_model.model_validate(values)
     except ValidationError as exc:
         problems = exc.errors(include_url=False, include_input=False)
         return Failure("rejected", "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in problems))
+
+
+def _with_files(input_model: type[BaseModel], line: str, folder: Path) -> dict[str, Any] | Failure | None:
+    """The line's values with the files it names read in; a Failure when one cannot be used; None when it names
+    none (or is not a JSON object: validation says what is wrong with it)."""
+    fields = file_fields(input_model)
+    if not fields or '"file"' not in line:
+        return None
+    try:
+        values = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(values, dict):
+        return None
+    named = {name: values[name]["file"] for name in fields if _names_a_file(values.get(name))}
+    for name, relative in named.items():
+        value = _read_file(fields[name], folder, relative)
+        if isinstance(value, Failure):
+            return value
+        values[name] = value
+    return values if named else None
+
+
+def _names_a_file(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str)
+
+
+def _read_file(field: FileField, folder: Path, relative: str) -> Any:
+    """The field's value from the file `relative` names (an absolute path is taken as is), or a Failure."""
+    path = folder / relative
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Failure("rejected", f"{field.name}: cannot read {relative}: {exc.strerror or exc}")
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if field.content_types and not field.accepts(content_type, ()):
+        accepted = ", ".join(field.content_types)
+        return Failure("rejected", f"{field.name}: {relative} is {content_type}; accepted: {accepted}")
+    if field.max_bytes is not None and len(data) > field.max_bytes:
+        return Failure("rejected", f"{field.name}: {relative} is {len(data)} bytes; at most {field.max_bytes}")
+    return field.value(data, path.name, content_type)
 
 
 async def run_file(
@@ -86,7 +140,7 @@ async def run_file(
 
         try:
             for line in _unanswered_lines(lines, skip):
-                in_flight.append(_answer_of(submit, parse_line(input_model, line)))
+                in_flight.append(_answer_of(submit, parse_line(input_model, line, source.parent)))
                 if len(in_flight) >= window:
                     write(await in_flight.popleft())
                     sink.flush()

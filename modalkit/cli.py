@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from modalkit.runtime import Runtime
 
-INPUT_HELP = "JSONL: one input per line."
+INPUT_HELP = 'JSONL: one input per line; a file field may name a file, {"file": "path"}, relative to it.'
 OUTPUT_HELP = "JSONL: line i answers input line i; an existing file is resumed."
 
 

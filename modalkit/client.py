@@ -6,26 +6,76 @@ with Client("http://127.0.0.1:8000", api_key="...") as client:
     client.predict({"text": "hello"})["embedding"]
     job = client.submit({"text": "later"}, success_queue="embeddings")
     client.result(job)                       # waits for the job
+    client.predict({"top_k": 3}, files={"image": "cat.png"})   # an upload: multipart/form-data
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import mimetypes
+import os
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import httpx
 
 from modalkit.exceptions import ClientError, DeadlineExceeded, JobFailed
+from modalkit.files import File
 
-__all__ = ["AsyncClient", "Client", "ClientError", "DeadlineExceeded", "JobFailed", "RetryPolicy"]
+__all__ = ["AsyncClient", "Client", "ClientError", "DeadlineExceeded", "FileValue", "JobFailed", "RetryPolicy"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+# A file to upload: a path (its content type guessed from its name), raw bytes, (filename, bytes, content type)
+# with either name or type None to fill in, or a modalkit File.
+FileValue: TypeAlias = "str | os.PathLike[str] | bytes | tuple[str | None, bytes, str | None] | File"
+Part: TypeAlias = tuple[str, tuple[str, bytes, str]]
+OCTET_STREAM = "application/octet-stream"
+
+
+def file_part(field: str, value: FileValue) -> Part:
+    """One multipart file part, `(field, (filename, bytes, content type))`, read now so that a retry sends the
+    same bytes. Raw bytes are named after the field; a missing content type is guessed from the filename."""
+    if isinstance(value, File):
+        filename, data, content_type = value.filename, value.data, value.content_type
+    elif isinstance(value, tuple):
+        filename, data, content_type = value
+    elif isinstance(value, bytes | bytearray | memoryview):
+        filename, data, content_type = None, bytes(value), None
+    else:
+        path = Path(value)
+        filename, data, content_type = path.name, path.read_bytes(), None
+    filename = filename or field
+    content_type = content_type or mimetypes.guess_type(filename)[0] or OCTET_STREAM
+    return field, (filename, bytes(data), content_type)
+
+
+def form_fields(data: Any) -> dict[str, str]:
+    """The plain fields of a multipart body as text parts: a `str` as is, anything else as JSON text;
+    a None is left out (the field's default applies)."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise TypeError(f"with files, the other fields are a mapping of field name to value, not {type(data).__name__}")
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items() if v is not None}
+
+
+def shared_fields(items: Sequence[Any] | Mapping[str, Any], count: int) -> Any:
+    """The plain fields of a batch of uploads, which every item shares: a mapping, or a list of equal items."""
+    if isinstance(items, Mapping):
+        return items
+    if len(items) not in (0, 1, count) or any(item != items[0] for item in items):
+        raise ValueError(
+            "a batch of uploads shares its plain fields: pass them once (a mapping), or one equal item per file"
+        )
+    return items[0] if items else {}
 
 
 @dataclass
@@ -46,6 +96,12 @@ class RetryPolicy:
         if retry_after is not None and retry_after.replace(".", "", 1).isdigit():
             return max(planned, float(retry_after))
         return planned
+
+
+def _built(request: httpx.Request) -> httpx.Request:
+    """The request with its body encoded once (a multipart body too, boundary and all): every try sends it."""
+    request.read()
+    return request
 
 
 class _ClientBase:
@@ -117,13 +173,59 @@ class _ClientBase:
     def _model_query(model_name: str | None) -> dict[str, str]:
         return {"model_name": model_name} if model_name else {}
 
-    @staticmethod
-    def _async_body(
-        data: Any, success_queue: str | None, failure_queue: str | None, meta: dict[str, Any] | None
-    ) -> Any:
-        if success_queue is None and failure_queue is None and meta is None:
-            return data
-        return {"message": data, "success_queue": success_queue, "failure_queue": failure_queue, "meta": meta}
+    @classmethod
+    def _predict_args(cls, data: Any, files: Mapping[str, FileValue] | None, model_name: str | None) -> dict[str, Any]:
+        """The request arguments of /predict: JSON, or multipart with one part per file and per plain field."""
+        params = cls._model_query(model_name)
+        if not files:
+            return {"json": data, "params": params}
+        parts = [file_part(name, value) for name, value in files.items()]
+        return {"data": form_fields(data), "files": parts, "params": params}
+
+    @classmethod
+    def _batch_args(
+        cls,
+        items: Sequence[Any] | Mapping[str, Any],
+        files: Mapping[str, Sequence[FileValue]] | None,
+        model_name: str | None,
+    ) -> dict[str, Any]:
+        """The request arguments of /predict_batch: a JSON list, or multipart with one file part per item (the
+        model's one file field, repeated) and the plain fields the items share."""
+        params = cls._model_query(model_name)
+        if not files:
+            return {"json": list(items), "params": params}
+        if len(files) != 1:
+            raise ValueError(f"a batch of uploads has one file field, one file per item; got fields {sorted(files)}")
+        ((name, values),) = files.items()
+        parts = [file_part(name, value) for value in values]
+        return {"data": form_fields(shared_fields(items, len(parts))), "files": parts, "params": params}
+
+    @classmethod
+    def _submit_args(
+        cls,
+        data: Any,
+        files: Mapping[str, FileValue] | None,
+        queues: tuple[str | None, str | None],
+        meta: dict[str, Any] | None,
+        model_name: str | None,
+    ) -> dict[str, Any]:
+        """The request arguments of /predict_async: JSON (the input, or an envelope with queues and meta), or
+        multipart as /predict with `success_queue`, `failure_queue` and `meta` (JSON text) as text parts."""
+        success_queue, failure_queue = queues
+        args = cls._predict_args(data, files, model_name)
+        if files:
+            envelope = {"success_queue": success_queue, "failure_queue": failure_queue}
+            args["data"].update({k: v for k, v in envelope.items() if v is not None})
+            if meta is not None:
+                args["data"]["meta"] = json.dumps(meta)
+        elif not (success_queue is None and failure_queue is None and meta is None):
+            args["json"] = {
+                "message": data,
+                "success_queue": success_queue,
+                "failure_queue": failure_queue,
+                "meta": meta,
+            }
+        return args
 
 
 class Client(_ClientBase):
@@ -142,13 +244,22 @@ class Client(_ClientBase):
     def close(self) -> None:
         self._http.close()
 
-    def predict(self, data: Any, model_name: str | None = None) -> Any:
-        return self._request_with_retries("POST", "/predict", json=data, params=self._model_query(model_name))
+    def predict(self, data: Any, model_name: str | None = None, *, files: Mapping[str, FileValue] | None = None) -> Any:
+        """One input's answer. With `files` ({field: path, bytes, (filename, bytes, content type) or File}),
+        a multipart upload whose other fields are `data`'s."""
+        return self._request_with_retries("POST", "/predict", **self._predict_args(data, files, model_name))
 
-    def predict_batch(self, items: list[Any], model_name: str | None = None) -> list[Any]:
-        outputs: list[Any] = self._request_with_retries(
-            "POST", "/predict_batch", json=items, params=self._model_query(model_name)
-        )
+    def predict_batch(
+        self,
+        items: Sequence[Any] | Mapping[str, Any],
+        model_name: str | None = None,
+        *,
+        files: Mapping[str, Sequence[FileValue]] | None = None,
+    ) -> list[Any]:
+        """The answers to `items`, in order. With `files` ({field: [one file per item]}), a multipart upload of
+        one item per file; `items` are then the plain fields they share (a mapping, or equal items)."""
+        args = self._batch_args(items, files, model_name)
+        outputs: list[Any] = self._request_with_retries("POST", "/predict_batch", **args)
         return outputs
 
     def submit(
@@ -159,9 +270,11 @@ class Client(_ClientBase):
         failure_queue: str | None = None,
         meta: dict[str, Any] | None = None,
         model_name: str | None = None,
+        files: Mapping[str, FileValue] | None = None,
     ) -> str:
-        body = self._async_body(data, success_queue, failure_queue, meta)
-        answer = self._request_with_retries("POST", "/predict_async", json=body, params=self._model_query(model_name))
+        """Start an async job; its id. `files` as for `predict`."""
+        args = self._submit_args(data, files, (success_queue, failure_queue), meta, model_name)
+        answer = self._request_with_retries("POST", "/predict_async", **args)
         return str(answer["job_id"])
 
     def result(self, job_id: str, wait: bool = True, poll_interval: float = 0.2) -> dict[str, Any]:
@@ -175,10 +288,11 @@ class Client(_ClientBase):
 
     def _request_with_retries(self, method: str, path: str, **kwargs: Any) -> Any:
         give_up, plan = time.monotonic() + self.deadline, self.retry.delays()
+        request = _built(self._http.build_request(method, path, **kwargs))
         while True:
             response: httpx.Response | None = None
             with contextlib.suppress(httpx.TransportError):  # refused, reset, timed out: retried
-                response = self._http.request(method, path, **kwargs)
+                response = self._http.send(request)
             delay = self._retry_after(plan, give_up, response)
             if delay is None:
                 assert response is not None
@@ -202,13 +316,24 @@ class AsyncClient(_ClientBase):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def predict(self, data: Any, model_name: str | None = None) -> Any:
-        return await self._request_with_retries("POST", "/predict", json=data, params=self._model_query(model_name))
+    async def predict(
+        self, data: Any, model_name: str | None = None, *, files: Mapping[str, FileValue] | None = None
+    ) -> Any:
+        """One input's answer. With `files` ({field: path, bytes, (filename, bytes, content type) or File}),
+        a multipart upload whose other fields are `data`'s."""
+        return await self._request_with_retries("POST", "/predict", **self._predict_args(data, files, model_name))
 
-    async def predict_batch(self, items: list[Any], model_name: str | None = None) -> list[Any]:
-        outputs: list[Any] = await self._request_with_retries(
-            "POST", "/predict_batch", json=items, params=self._model_query(model_name)
-        )
+    async def predict_batch(
+        self,
+        items: Sequence[Any] | Mapping[str, Any],
+        model_name: str | None = None,
+        *,
+        files: Mapping[str, Sequence[FileValue]] | None = None,
+    ) -> list[Any]:
+        """The answers to `items`, in order. With `files` ({field: [one file per item]}), a multipart upload of
+        one item per file; `items` are then the plain fields they share (a mapping, or equal items)."""
+        args = self._batch_args(items, files, model_name)
+        outputs: list[Any] = await self._request_with_retries("POST", "/predict_batch", **args)
         return outputs
 
     async def submit(
@@ -219,11 +344,11 @@ class AsyncClient(_ClientBase):
         failure_queue: str | None = None,
         meta: dict[str, Any] | None = None,
         model_name: str | None = None,
+        files: Mapping[str, FileValue] | None = None,
     ) -> str:
-        body = self._async_body(data, success_queue, failure_queue, meta)
-        answer = await self._request_with_retries(
-            "POST", "/predict_async", json=body, params=self._model_query(model_name)
-        )
+        """Start an async job; its id. `files` as for `predict`."""
+        args = self._submit_args(data, files, (success_queue, failure_queue), meta, model_name)
+        answer = await self._request_with_retries("POST", "/predict_async", **args)
         return str(answer["job_id"])
 
     async def result(self, job_id: str, wait: bool = True, poll_interval: float = 0.2) -> dict[str, Any]:
@@ -236,10 +361,11 @@ class AsyncClient(_ClientBase):
 
     async def _request_with_retries(self, method: str, path: str, **kwargs: Any) -> Any:
         give_up, plan = time.monotonic() + self.deadline, self.retry.delays()
+        request = _built(self._http.build_request(method, path, **kwargs))
         while True:
             response: httpx.Response | None = None
             with contextlib.suppress(httpx.TransportError):  # refused, reset, timed out: retried
-                response = await self._http.request(method, path, **kwargs)
+                response = await self._http.send(request)
             delay = self._retry_after(plan, give_up, response)
             if delay is None:
                 assert response is not None

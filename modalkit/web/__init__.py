@@ -58,9 +58,8 @@ def create_web_endpoints(
     app.state.served = served  # read back, typed, with `served_by(app)`
     add_error_handlers(app)
     metrics = Metrics(served.runtime.observe)
-    auth = served.settings.auth_config
-    api_key = resolve_api_key(auth)
-    add_middleware(app, BODY_PATHS, auth, api_key, metrics)
+    api_key = resolve_api_key(served.settings.auth_config)
+    add_middleware(app, served, BODY_PATHS, api_key, metrics)
     configure_tracing(served.config.app_name)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics", exclude_spans=["receive", "send"])
     if served.streaming:

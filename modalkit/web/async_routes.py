@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -16,10 +17,13 @@ from modalkit.jobs import AsyncRequest, Job
 from modalkit.sinks import queue_allowed
 from modalkit.web.body import errors_at, parse_async, parse_json
 from modalkit.web.openapi import input_ref, openapi_body
+from modalkit.web.predict_routes import json_body
 from modalkit.web.served import Served
+from modalkit.web.uploads import is_upload, read_upload
 
 # ModalKit sends "" for "no queue"; SQS queue URLs (https://...) are names too.
 QUEUE_NAME = Field(None, max_length=1024, pattern=r"^$|^[A-Za-z0-9._:/-]+$")
+_QUEUE_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,1024}")
 ENVELOPE_KEYS = frozenset({"message", "success_queue", "failure_queue", "meta"})
 
 
@@ -58,10 +62,15 @@ def add_async_routes(app: FastAPI, served: Served) -> None:
         response_model=AsyncAccepted,
         openapi_extra=openapi_body(served, {"anyOf": [input_ref(input_model), envelope_schema]}),
         responses=ASYNC_ERRORS,
+        max_body_size=served.max_body_bytes,
     )
     async def predict_async(request: Request) -> AsyncAccepted:
         model_name = served.requested_model(request)
-        job = await parse_async(await request.body(), settings.limits, read)
+        if served.uploads.enabled and is_upload(request):
+            item, envelope_parts = await read_upload(request, served.uploads, tuple(ENVELOPE_KEYS - {"message"}))
+            job = uploaded_job(item, envelope_parts, rules)
+        else:
+            job = await parse_async(await json_body(request, served), settings.limits, read)
         job_id = await served.runtime.spawn(model_name, job)  # refusals: modalkit.web.errors.STATUS_OF_ERROR
         return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
 
@@ -87,6 +96,22 @@ def envelope_model(input_model: type[BaseModel]) -> type[BaseModel]:
         failure_queue=(str | None, QUEUE_NAME),
         meta=(dict[str, Any] | None, None),
     )
+
+
+def uploaded_job(item: BaseModel, parts: dict[str, str], rules: JobRules) -> AsyncRequest:
+    """The job of an upload: the input, and its queues and `meta` from text parts (or the query string)."""
+    meta = parse_json(parts["meta"].encode()) if parts.get("meta") else None
+    check_meta({"message": None, "meta": meta}, rules.max_meta_bytes)
+    if meta is not None and not isinstance(meta, dict):
+        raise HTTPException(422, [{"type": "dict_type", "loc": ["body", "meta"], "msg": "meta must be an object"}])
+    queues = {field: parts.get(field) or None for field in ("success_queue", "failure_queue")}
+    for field, name in queues.items():
+        if name is not None and not _QUEUE_PATTERN.fullmatch(name):
+            problem = {"type": "string_pattern_mismatch", "loc": ["body", field], "msg": f"{field} is not a queue name"}
+            raise HTTPException(422, [problem])
+    job = AsyncRequest(item, queues["success_queue"], queues["failure_queue"], meta or None)
+    check_queues(job, rules.allowed_queues)
+    return job
 
 
 def read_job(envelope: type[BaseModel], input_model: type[BaseModel], rules: JobRules, raw: bytes) -> AsyncRequest:

@@ -44,17 +44,24 @@ def unsupported_body_type(content_type: bytes | None) -> str | None:
 
 
 class BodyTypeCheck:
-    """Answers 415, the body unread, to a POST to one of `paths` whose content type is not accepted."""
+    """Answers 415, the body unread, to a POST to one of `paths` whose content type is not accepted: `problem`
+    says why a content type is refused on a path (default: anything but JSON)."""
 
-    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        paths: frozenset[str],
+        problem: Callable[[str, bytes | None], str | None] | None = None,
+    ) -> None:
         self.app = app
         self.paths = paths
+        self.problem = problem or (lambda path, content_type: unsupported_body_type(content_type))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
             for name, value in scope["headers"]:
                 if name == b"content-type":
-                    problem = unsupported_body_type(value)
+                    problem = self.problem(scope["path"], value)
                     if problem is not None:
                         await send_error(scope, send, 415, problem)
                         return

@@ -7,18 +7,19 @@ import time
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modalkit.config.schema import AuthConfig
 from modalkit.web.auth import ApiKeyAuth
 from modalkit.web.body import BodyTypeCheck
 from modalkit.web.metrics import Metrics
+from modalkit.web.served import Served
 
 
 def add_middleware(
-    app: FastAPI, body_paths: frozenset[str], auth: AuthConfig, api_key: str | None, metrics: Metrics
+    app: FastAPI, served: Served, body_paths: frozenset[str], api_key: str | None, metrics: Metrics
 ) -> None:
     """Added innermost first: the body check runs after auth (a caller without the key learns nothing), and the
     metrics see every answer, 401s included."""
-    app.add_middleware(BodyTypeCheck, paths=body_paths)
+    auth = served.settings.auth_config
+    app.add_middleware(BodyTypeCheck, paths=body_paths, problem=served.body_type_problem)
     if api_key is not None:
         app.add_middleware(ApiKeyAuth, key=api_key, header=auth.header, public_routes=auth.public_routes)
     app.add_middleware(RequestMetrics, metrics=metrics)

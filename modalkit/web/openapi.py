@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from modalkit.web.served import Served
+from modalkit.web.uploads import upload_content
 
 # The answers every body-reading route may give before it runs the model.
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -20,8 +21,9 @@ def input_ref(input_model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{input_model.__name__}"}
 
 
-def openapi_body(served: Served, schema: dict[str, Any]) -> dict[str, Any]:
-    """The `openapi_extra` of a route taking a JSON body of `schema` and the `model_name` query parameter."""
+def openapi_body(served: Served, schema: dict[str, Any], batch: bool = False) -> dict[str, Any]:
+    """The `openapi_extra` of a route taking a JSON body of `schema` and the `model_name` query parameter (and,
+    when the input model has file fields, multipart and raw uploads)."""
     model_query = {
         "name": "model_name",
         "in": "query",
@@ -29,7 +31,8 @@ def openapi_body(served: Served, schema: dict[str, Any]) -> dict[str, Any]:
         "schema": {"type": "string", "enum": list(served.model_names), "default": served.default_model},
         "description": "the model entry to run",
     }
-    content = {"application/json": {"schema": schema}}
+    uploads = served.uploads
+    content = upload_content(uploads, schema, batch) if uploads.enabled else {"application/json": {"schema": schema}}
     return {"parameters": [model_query], "requestBody": {"required": True, "content": content}}
 
 

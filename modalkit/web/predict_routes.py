@@ -24,6 +24,7 @@ from modalkit.web.body import parse_async, parse_input_async, parse_inputs
 from modalkit.web.errors import failure_exception
 from modalkit.web.openapi import BODY_ERRORS, input_ref, openapi_body
 from modalkit.web.served import Served
+from modalkit.web.uploads import is_upload, read_upload, read_upload_batch, refuse_oversized
 
 PREDICT_PATHS = ("/predict", "/predict_sync")
 _WATCH_AFTER_S = 0.05  # an answer quicker than this is not worth a task watching for the client to leave
@@ -43,7 +44,7 @@ class BatchItemError(BaseModel):
 def add_predict_routes(app: FastAPI, served: Served) -> None:
     async def predict(request: Request) -> Response:
         name = served.requested_model(request)
-        item = await parse_input_async(served.input_model, await request.body(), served.limits)
+        item = await read_input(request, served)
         result = await answered(request, served.runtime.submit(name, item), served.limits.request_timeout_seconds)
         if isinstance(result, Failure):
             raise failure_exception(result, name)
@@ -51,8 +52,11 @@ def add_predict_routes(app: FastAPI, served: Served) -> None:
 
     async def predict_batch(request: Request) -> Response:
         name = served.requested_model(request)
-        parse = partial(parse_inputs, served.input_model, max_items=served.limits.max_batch_items)
-        items = await parse_async(await request.body(), served.limits, parse)
+        if served.uploads.enabled and is_upload(request):
+            items = await read_upload_batch(request, served.uploads)
+        else:
+            parse = partial(parse_inputs, served.input_model, max_items=served.limits.max_batch_items)
+            items = await parse_async(await json_body(request, served), served.limits, parse)
         answers: list[bytes] = [b""] * len(items)
         valid: dict[int, BaseModel] = {}
         for index, item in enumerate(items):
@@ -77,15 +81,35 @@ def add_predict_routes(app: FastAPI, served: Served) -> None:
             name=path[1:],
             openapi_extra=openapi_body(served, single),
             responses={**BODY_ERRORS, **invalid},
+            max_body_size=served.max_body_bytes,
         )
     app.add_api_route(
         "/predict_batch",
         predict_batch,
         methods=["POST"],
         response_model=list[served.output_model | BatchItemError],  # type: ignore[name-defined]
-        openapi_extra=openapi_body(served, {"type": "array", "items": single}),
+        openapi_extra=openapi_body(served, {"type": "array", "items": single}, batch=True),
         responses=BODY_ERRORS,
+        max_body_size=served.max_body_bytes,
     )
+
+
+async def read_input(request: Request, served: Served) -> BaseModel:
+    """One input: from JSON, or from a multipart or raw upload when the input model has file fields."""
+    if served.uploads.enabled and is_upload(request):
+        item, _ = await read_upload(request, served.uploads)
+        return item
+    return await parse_input_async(served.input_model, await json_body(request, served), served.limits)
+
+
+async def json_body(request: Request, served: Served) -> bytes:
+    """A JSON body, within `limits.max_body_bytes` (a route that takes uploads allows larger bodies)."""
+    most = served.limits.max_body_bytes
+    refuse_oversized(request, most, "limits.max_body_bytes")
+    raw = await request.body()
+    if len(raw) > most:
+        raise HTTPException(413, f"the body is {len(raw)} bytes; at most {most} (limits.max_body_bytes)")
+    return raw
 
 
 async def answered(request: Request, answer: Awaitable[Any], seconds: float) -> Any:

@@ -15,6 +15,10 @@ from modalkit.exceptions import AppLoadError
 from modalkit.runtime import Runtime, select_runtime
 from modalkit.service import ModalService
 from modalkit.streaming import StreamingService
+from modalkit.web.body import unsupported_body_type
+from modalkit.web.uploads import UploadRules
+
+UPLOAD_PATHS = frozenset({"/predict", "/predict_sync", "/predict_batch", "/predict_async"})
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Served:
     output_model: type[BaseModel]
     model_names: tuple[str, ...]
     default_model: str
+    uploads: UploadRules  # how the input model's file fields (if any) take multipart and raw bodies
 
     @classmethod
     def build(
@@ -39,16 +44,30 @@ class Served:
         default_model = python_class.default_model_name()
         names = tuple(config.model_names() or [default_model])
         chosen = runtime or select_runtime(service, config, list(names), input_model)
-        return cls(service, config, chosen, input_model, output_model, names, default_model)
+        uploads = UploadRules.of(input_model, config.app_settings.limits)
+        return cls(service, config, chosen, input_model, output_model, names, default_model, uploads)
 
     @property
     def streaming(self) -> bool:
         """A `StreamingService`: it answers /predict_stream and the OpenAI generation routes, not /predict."""
         return issubclass(user_class(self.service), StreamingService)
 
+    def body_type_problem(self, path: str, content_type: bytes | None) -> str | None:
+        """Why a POST body of this type is refused on `path` before it is read (415), or None: JSON everywhere,
+        and uploads on the predict routes of an input model with file fields."""
+        if content_type is None or not self.uploads.enabled or path not in UPLOAD_PATHS:
+            return unsupported_body_type(content_type)
+        return self.uploads.body_type_problem(content_type.decode("latin-1"))
+
     @property
     def settings(self) -> AppSettings:
         return self.config.app_settings
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body a predict route reads: an upload's, when the input takes files."""
+        limits = self.config.app_settings.limits
+        return max(limits.max_body_bytes, limits.max_upload_bytes) if self.uploads.enabled else limits.max_body_bytes
 
     @property
     def limits(self) -> LimitsConfig:

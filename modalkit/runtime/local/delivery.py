@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter, deque
@@ -111,7 +110,7 @@ class Deliveries:
         if job is None or job.delivery != "pending":  # purged, or settled meanwhile
             self._owed.discard(job_id)
             return
-        message = sink_message(job_id, job.request, job.status, job.outcome, json.loads(job.payload), self._style)
+        message = sink_message(job_id, job.request, job.status, job.outcome, job.message(), self._style)
         try:
             await asyncio.get_running_loop().run_in_executor(self._threads, self._sink.push, queue, message)
         except Exception as exc:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import pickle
 import sqlite3
 import time
 from collections.abc import Awaitable, Coroutine
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from modalkit import telemetry
 from modalkit.config.schema import QueueConfig
 from modalkit.exceptions import QueueFull, ServiceUnavailable, StoreFull
+from modalkit.files import file_fields
 from modalkit.jobs import AsyncRequest, job_outcome, new_job_id
 from modalkit.outcome import Failure
 from modalkit.runtime.local.delivery import Deliveries
@@ -43,6 +45,8 @@ class JobDispatcher:
         self.store = store
         self._pools = pools
         self._input_model = input_model
+        # An input with file fields is stored in binary form, its bytes as bytes (see job_store.py); else as JSON.
+        self._binary = bool(file_fields(input_model))
         self._config = config
         self.deliveries = Deliveries(store, sink, config)
         self._ready: asyncio.Queue[str] = asyncio.Queue()
@@ -87,14 +91,14 @@ class JobDispatcher:
         `StoreFull` past the store's budget."""
         if self.pending >= self._config.max_pending:
             raise QueueFull(f"{self.pending} async jobs are pending (queue_config.max_pending); retry later")
-        payload = request.message.model_dump_json()
-        size = len(payload.encode())
+        payload = stored_form(request.message, self._binary)
+        size = len(payload.encode()) if isinstance(payload, str) else len(payload)
         self._check_room(size)
         job_id = new_job_id()
         trace_context = telemetry.inject_current()  # the job's span joins the trace of the request that made it
         try:
             self.store.insert(job_id, model_name, payload, request, trace_context)
-        except sqlite3.Error as exc:  # disk full, read-only, locked: refuse the job, keep the store intact
+        except (sqlite3.Error, OSError) as exc:  # disk full, read-only, locked: refuse the job, keep the store intact
             logger.error("job store refused a job: %s", exc)
             raise ServiceUnavailable(f"the job store cannot take the job ({exc}); retry later", retry_after=5) from None
         self.pending += 1
@@ -144,10 +148,9 @@ class JobDispatcher:
             job = self.store.claim(job_id)
             if job is None:
                 return
-            try:
-                item = self._input_model.model_validate_json(job.payload)
-            except ValidationError as exc:  # the input model changed since the job was accepted
-                await self._finish(job, Failure("rejected", str(exc)))
+            item = restored_input(self._input_model, job)
+            if isinstance(item, Failure):  # the input model changed since the job was accepted
+                await self._finish(job, item)
                 return
             attributes: dict[str, AttributeValue] = {
                 "modalkit.job_id": job_id,
@@ -185,7 +188,7 @@ class JobDispatcher:
         if not self.store.finish(job.job_id, status, outcome, self._config.result_ttl_seconds, queue is not None):
             return
         self.pending -= 1
-        self._reserved -= len(job.payload.encode())
+        self._reserved -= job.size
         if queue is not None:
             self.deliveries.schedule(job.job_id, queue)
 
@@ -207,6 +210,27 @@ class JobDispatcher:
             free, before = self.store.reclaim(_SWEEP_PAGES), free
             if free >= before:  # nothing more to give back
                 break
+
+
+def stored_form(message: BaseModel, binary: bool) -> str | bytes:
+    """How a job's input is stored: JSON text, or, for a model with file fields, the pickled dict of its fields
+    (never the model object: its class may change before the job runs), so the bytes stay bytes."""
+    if binary:
+        return pickle.dumps(message.model_dump(mode="python"), protocol=pickle.HIGHEST_PROTOCOL)
+    return message.model_dump_json()
+
+
+def restored_input(model: type[BaseModel], job: StoredJob) -> BaseModel | Failure:
+    """The job's input validated again by today's `model`, or a "rejected" failure if it no longer can be."""
+    try:
+        stored = job.stored_input()
+        if isinstance(stored, str):
+            return model.model_validate_json(stored)
+        return model.model_validate(pickle.loads(stored))
+    except ValidationError as exc:
+        return Failure("rejected", str(exc))
+    except Exception as exc:  # an unreadable blob file, or a pickled value whose type is gone
+        return Failure("rejected", f"the stored input of job {job.job_id} cannot be read: {exc}")
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -1,15 +1,25 @@
-"""The durable job store of the local runtime: SQLite in WAL mode, one row per async job."""
+"""The durable job store of the local runtime: SQLite in WAL mode, one row per async job.
+
+An input is stored as JSON text (`payload`), or, for an input model with file fields, in binary form: up to
+`BLOB_THRESHOLD_BYTES` in the row (`payload_binary`), larger in a file of its own in the blob directory beside
+the store (`<store>.blobs/<job_id>`, its size in `blob_bytes`), written and fsynced before the row is committed
+and deleted with the row.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import pickle
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic_core import to_jsonable_python
 
 from modalkit.jobs import PENDING_STATES, AsyncRequest, Delivery, DeliveryState, Job, JobState
 
@@ -34,11 +44,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     expires_at REAL,
     delivery TEXT,
     delivery_attempts INTEGER NOT NULL DEFAULT 0,
-    delivery_error TEXT
+    delivery_error TEXT,
+    payload_binary BLOB,
+    blob_bytes INTEGER
 )
 """
 # Columns a store written by an older modalkit lacks; its delivery_pending = 1 becomes delivery = 'pending'.
-_ADDED = {"delivery": "TEXT", "delivery_attempts": "INTEGER NOT NULL DEFAULT 0", "delivery_error": "TEXT"}
+_ADDED = {
+    "delivery": "TEXT",
+    "delivery_attempts": "INTEGER NOT NULL DEFAULT 0",
+    "delivery_error": "TEXT",
+    "payload_binary": "BLOB",
+    "blob_bytes": "INTEGER",
+}
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
@@ -46,10 +64,15 @@ CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery);
 """
 _COLUMNS = (
     "id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace_context, result,"
-    " error, expires_at, delivery, delivery_attempts, delivery_error"
+    " error, expires_at, delivery, delivery_attempts, delivery_error, payload_binary, blob_bytes"
 )
+# The size of one input, whatever its form (SQL).
+_INPUT_SIZE = "length(CAST(payload AS BLOB)) + coalesce(length(payload_binary), blob_bytes, 0)"
 _PENDING = "(" + ", ".join(f"'{state}'" for state in PENDING_STATES) + ")"  # SQL: status IN _PENDING
 _WAL_KEPT_BYTES = 8 * 1024 * 1024  # after a checkpoint the WAL file is cut back to this
+# A binary input larger than this is kept in a file of the blob directory rather than in its row: SQLite reads
+# and rewrites whole rows, and large values in the WAL would make every checkpoint copy them once more.
+BLOB_THRESHOLD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,8 +86,8 @@ class StoredJob:
     job_id: str
     model_name: str
     status: JobState
-    payload: str
-    request: AsyncRequest  # message is still the JSON payload here
+    payload: str  # the input as JSON text; "" for an input stored in binary form
+    request: AsyncRequest  # message is still the stored payload here
     attempts: int
     suspect: bool
     trace_context: dict[str, str]
@@ -73,6 +96,31 @@ class StoredJob:
     delivery: DeliveryState | None = None  # None: the job has no queue to push to
     delivery_attempts: int = 0
     delivery_error: str | None = None
+    binary: bytes | None = None  # the pickled `model_dump(mode="python")` of an input with file fields, in the row
+    blob: Path | None = None  # ... or in this file, when larger than BLOB_THRESHOLD_BYTES
+    size: int = 0  # the input's bytes, in whichever form it is stored
+
+    @property
+    def is_binary(self) -> bool:
+        return self.binary is not None or self.blob is not None
+
+    def stored_input(self) -> str | bytes:
+        """The input as stored: JSON text, or the pickled dict of its fields (read from its blob file if there)."""
+        if self.binary is not None:
+            return self.binary
+        if self.blob is not None:
+            return self.blob.read_bytes()
+        return self.payload
+
+    def message(self) -> Any:
+        """The input as JSON-able data (bytes as base64, as a `File` is in JSON), for a failure queue's message."""
+        if not self.is_binary:
+            return json.loads(self.payload)
+        try:
+            return to_jsonable_python(pickle.loads(self.stored_input()), bytes_mode="base64")
+        except Exception as exc:  # a lost blob file, a pickled type that is gone: the message goes without it
+            logger.warning("job %s: its stored input cannot be read for its queue message: %s", self.job_id, exc)
+            return None
 
     def as_job(self) -> Job:
         """The job as `GET /predict_async/{job_id}` answers it."""
@@ -95,8 +143,9 @@ class StoredJob:
 @dataclass(frozen=True)
 class StoreUsage:
     rows: int
-    bytes: int  # in the pages that hold jobs: freed pages do not count, even before the sweeper returns them
-    file_bytes: int  # the database file and its WAL, on disk
+    # in the pages that hold jobs (freed pages do not count, even before the sweeper returns them), and in blob files
+    bytes: int
+    file_bytes: int  # the database file, its WAL and the blob files, on disk
 
 
 class JobStore:
@@ -123,6 +172,19 @@ class JobStore:
         self._db.executescript(_INDEXES)
         self._page_size = self._pragma("page_size")
         self._rows = int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        self.blobs = self.path.with_name(self.path.name + ".blobs")
+        self._blob_bytes = int(self._db.execute("SELECT coalesce(sum(blob_bytes), 0) FROM jobs").fetchone()[0])
+        self._drop_orphan_blobs()
+
+    def _drop_orphan_blobs(self) -> None:
+        """Delete the blob files no row names: a job whose insert failed, or whose row was purged, before a kill."""
+        if not self.blobs.is_dir():
+            return
+        kept = {r[0] for r in self._db.execute("SELECT id FROM jobs WHERE blob_bytes IS NOT NULL")}
+        for file in self.blobs.iterdir():
+            if file.name not in kept:
+                logger.info("deleting %s: no job names it", file)
+                file.unlink(missing_ok=True)
 
     def _migrate(self) -> None:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
@@ -142,26 +204,65 @@ class JobStore:
         self,
         job_id: str,
         model_name: str,
-        payload: str,
+        payload: str | bytes,
         request: AsyncRequest,
         trace_context: dict[str, str] | None = None,
     ) -> None:
+        """Store a queued job. `payload` is the input's JSON text, or its binary form (bytes): a binary one larger
+        than `BLOB_THRESHOLD_BYTES` goes to a blob file, fsynced before the row is committed and deleted if the
+        insert fails."""
+        text, binary = (payload, None) if isinstance(payload, str) else ("", payload)
+        blob_bytes = None
+        if binary is not None and len(binary) > BLOB_THRESHOLD_BYTES:
+            blob_bytes, binary = self._write_blob(job_id, binary), None
         meta = json.dumps(request.meta) if request.meta is not None else None
-        self._db.execute(
-            "INSERT INTO jobs (id, model_name, status, payload, success_queue, failure_queue, meta, trace_context,"
-            " created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                model_name,
-                payload,
-                request.success_queue,
-                request.failure_queue,
-                meta,
-                json.dumps(trace_context or {}),
-                time.time(),
-            ),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO jobs (id, model_name, status, payload, success_queue, failure_queue, meta, trace_context,"
+                " created_at, payload_binary, blob_bytes) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    model_name,
+                    text,
+                    request.success_queue,
+                    request.failure_queue,
+                    meta,
+                    json.dumps(trace_context or {}),
+                    time.time(),
+                    binary,
+                    blob_bytes,
+                ),
+            )
+        except BaseException:
+            if blob_bytes is not None:
+                self._blob_path(job_id).unlink(missing_ok=True)
+            raise
         self._rows += 1
+        self._blob_bytes += blob_bytes or 0
+
+    def _blob_path(self, job_id: str) -> Path:
+        if not job_id or os.sep in job_id or job_id.startswith("."):
+            raise ValueError(f"job id {job_id!r} cannot name a blob file")
+        return self.blobs / job_id
+
+    def _write_blob(self, job_id: str, data: bytes) -> int:
+        """Write `data` to the job's blob file, durably (file and directory fsynced); its size."""
+        path = self._blob_path(job_id)
+        if path.exists():  # another job's (a duplicate id): never overwrite it, nor delete it when the insert fails
+            raise FileExistsError(f"{path} already holds the input of job {job_id}")
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{job_id}.partial")  # never a job's name, so a leftover is an orphan
+        try:
+            with partial.open("wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.blobs)
+        return len(data)
 
     def claim(self, job_id: str) -> StoredJob | None:
         """queued -> running, attempts + 1; None if the job is not queued (already taken or finished)."""
@@ -215,7 +316,7 @@ class JobStore:
 
     def get(self, job_id: str) -> StoredJob | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _stored_job(row) if row else None
+        return _stored_job(row, self.blobs) if row else None
 
     def view(self, job_id: str) -> Job | None:
         job = self.get(job_id)
@@ -246,7 +347,7 @@ class JobStore:
 
     def pending_bytes(self) -> int:
         """The size of the inputs of the jobs queued or running."""
-        query = f"SELECT coalesce(sum(length(CAST(payload AS BLOB))), 0) FROM jobs WHERE status IN {_PENDING}"
+        query = f"SELECT coalesce(sum({_INPUT_SIZE}), 0) FROM jobs WHERE status IN {_PENDING}"
         return int(self._db.execute(query).fetchone()[0])
 
     def counts(self) -> dict[str, int]:
@@ -259,7 +360,8 @@ class JobStore:
     def usage(self) -> StoreUsage:
         pages = self._pragma("page_count") - self._pragma("freelist_count")
         files = (self.path, self.path.with_name(self.path.name + "-wal"))
-        return StoreUsage(self._rows, pages * self._page_size, sum(_size(f) for f in files))
+        blobs = self._blob_bytes
+        return StoreUsage(self._rows, pages * self._page_size + blobs, sum(_size(f) for f in files) + blobs)
 
     def next_expiry(self) -> float | None:
         """When the next finished job expires (it may be past: a job whose result is still owed to its queue)."""
@@ -268,15 +370,19 @@ class JobStore:
 
     def purge_expired(self, limit: int = 1000) -> int:
         """Delete up to `limit` jobs past their time to live, except those whose result is still owed to a queue."""
-        deleted = int(
-            self._db.execute(
-                "DELETE FROM jobs WHERE id IN"
-                " (SELECT id FROM jobs WHERE expires_at < ? AND delivery IS NOT 'pending' LIMIT ?)",
-                (time.time(), limit),
-            ).rowcount
-        )
-        self._rows -= deleted
-        return deleted
+        deleted = self._db.execute(
+            "DELETE FROM jobs WHERE id IN"
+            " (SELECT id FROM jobs WHERE expires_at < ? AND delivery IS NOT 'pending' LIMIT ?)"
+            " RETURNING id, blob_bytes",
+            (time.time(), limit),
+        ).fetchall()
+        self._rows -= len(deleted)
+        for job_id, blob_bytes in deleted:  # after the commit: a kill in between leaves an orphan, deleted at start
+            if blob_bytes is not None:
+                self._blob_bytes -= blob_bytes
+                with contextlib.suppress(OSError):
+                    self._blob_path(job_id).unlink(missing_ok=True)
+        return len(deleted)
 
     def reclaim(self, max_pages: int = 1000) -> int:
         """Give up to `max_pages` free pages back to the file system; the number still free afterwards."""
@@ -300,10 +406,20 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _stored_job(row: tuple[Any, ...]) -> StoredJob:
+def _fsync_dir(path: Path) -> None:
+    """Make a file's creation or rename in `path` durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _stored_job(row: tuple[Any, ...], blobs: Path) -> StoredJob:
     job_id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace = row[:10]
-    result, error, expires_at, delivery, delivery_attempts, delivery_error = row[10:]
-    request = AsyncRequest(payload, success_queue, failure_queue, json.loads(meta) if meta else None)
+    result, error, expires_at, delivery, delivery_attempts, delivery_error, binary, blob_bytes = row[10:]
+    stored = binary if binary is not None else payload
+    request = AsyncRequest(stored, success_queue, failure_queue, json.loads(meta) if meta else None)
     outcome = json.loads(result) if result is not None else json.loads(error) if error is not None else None
     return StoredJob(
         job_id=job_id,
@@ -319,4 +435,7 @@ def _stored_job(row: tuple[Any, ...]) -> StoredJob:
         delivery=delivery,
         delivery_attempts=delivery_attempts,
         delivery_error=delivery_error,
+        binary=binary,
+        blob=blobs / job_id if blob_bytes is not None else None,
+        size=len(payload.encode()) + (len(binary) if binary is not None else blob_bytes or 0),
     )
