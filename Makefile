@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint format bench soak docs clean
+.PHONY: install serve test lint format bench soak docs clean gpu-wheels
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/streaming.py
+
+# Wheels of modalkit's dependencies for a GPU machine that reaches no package index (benchmarks/gpu_check.sh).
+gpu-wheels: install
+	$(BIN)/pip download -q -d .gpu_wheels --python-version 3.12 --only-binary=:all: \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		--platform any "modal>=1.6,<1.7" fastapi uvicorn uvloop httptools pydantic pydantic-settings pyyaml click \
+		redis prometheus-client httpx python-multipart tqdm opentelemetry-sdk opentelemetry-instrumentation-fastapi aiohttp
 
 docs: install
 	$(BIN)/mkdocs build --strict

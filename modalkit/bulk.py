@@ -61,38 +61,44 @@ def answer_line(result: Any) -> bytes:
 
 def parse_line(input_model: type[BaseModel], line: str, folder: Path | None = None) -> Any:
     """The input of one line, or the Failure that answers it. File fields naming a file (`{"file": path}`) are
-    read from `folder` (the JSONL file's) first; a line naming no file is validated as JSON, as the routes do."""
+    read from `folder` (the JSONL file's) first."""
     try:
-        values = _with_files(input_model, line, folder or Path.cwd())
-        if isinstance(values, Failure):
-            return values
-        if values is None:
-            return input_model.model_validate_json(line)
-        return input_model.model_validate(values)
+        source = _with_files(input_model, line, folder or Path.cwd())
+        if isinstance(source, Failure):
+            return source
+        if isinstance(source, str):
+            return input_model.model_validate_json(source)
+        return input_model.model_validate(source)
     except ValidationError as exc:
         problems = exc.errors(include_url=False, include_input=False)
         return Failure("rejected", "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in problems))
 
 
-def _with_files(input_model: type[BaseModel], line: str, folder: Path) -> dict[str, Any] | Failure | None:
-    """The line's values with the files it names read in; a Failure when one cannot be used; None when it names
-    none (or is not a JSON object: validation says what is wrong with it)."""
+def _with_files(input_model: type[BaseModel], line: str, folder: Path) -> str | dict[str, Any] | Failure:
+    """What to validate: the line itself when it names no file (or is no JSON object: validation says why);
+    with the files it names read in, as JSON again when they are all `File` fields (so the rest of the line is
+    read as JSON, as a JSON request is), else as Python values (as a multipart request is); or a Failure when a
+    file cannot be used."""
     fields = file_fields(input_model)
     if not fields or '"file"' not in line:
-        return None
+        return line
     try:
         values = json.loads(line)
     except ValueError:
-        return None
+        return line
     if not isinstance(values, dict):
-        return None
+        return line
     named = {name: values[name]["file"] for name in fields if _names_a_file(values.get(name))}
+    if not named:
+        return line
     for name, relative in named.items():
         value = _read_file(fields[name], folder, relative)
         if isinstance(value, Failure):
             return value
         values[name] = value
-    return values if named else None
+    if all(fields[name].as_file for name in named):
+        return json.dumps({k: v.model_dump(mode="json") if k in named else v for k, v in values.items()})
+    return values
 
 
 def _names_a_file(value: Any) -> bool:

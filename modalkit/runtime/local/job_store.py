@@ -109,15 +109,20 @@ class StoredJob:
         if self.binary is not None:
             return self.binary
         if self.blob is not None:
-            return self.blob.read_bytes()
+            try:
+                return self.blob.read_bytes()
+            except FileNotFoundError:  # deleted behind the store's back: b"" does not unpickle, so the job fails
+                logger.error("job %s: its blob file %s is missing", self.job_id, self.blob)
+                return b""
         return self.payload
 
     def message(self) -> Any:
         """The input as JSON-able data (bytes as base64, as a `File` is in JSON), for a failure queue's message."""
-        if not self.is_binary:
-            return json.loads(self.payload)
+        stored = self.stored_input()
+        if isinstance(stored, str):
+            return json.loads(stored)
         try:
-            return to_jsonable_python(pickle.loads(self.stored_input()), bytes_mode="base64")
+            return to_jsonable_python(pickle.loads(stored), bytes_mode="base64")
         except Exception as exc:  # a lost blob file, a pickled type that is gone: the message goes without it
             logger.warning("job %s: its stored input cannot be read for its queue message: %s", self.job_id, exc)
             return None
