@@ -42,6 +42,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/streaming.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/images.py
 
 # Wheels of modalkit's dependencies for a GPU machine that reaches no package index (benchmarks/gpu_check.sh).
 gpu-wheels: install

@@ -118,12 +118,15 @@ def shape_net(torch: Any, width: int, size: int) -> Any:
     class ShapeNet(nn.Module):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
-            self.features = nn.Sequential(
-                *block(1, width, 5, 2), *block(width, 2 * width, 3, 1), nn.MaxPool2d(2),
-                *block(2 * width, 2 * width, 3, 2),
-            )  # fmt: skip
-            with torch.no_grad():
-                flat = self.features(torch.zeros(1, 1, size, size)).numel()
+            first, second, third = (
+                block(1, width, 5, 2),
+                block(width, 2 * width, 3, 1),
+                block(2 * width, 2 * width, 3, 2),
+            )
+            self.features = nn.Sequential(*first, *second, nn.MaxPool2d(2), *third)
+            with torch.no_grad():  # in eval mode, so that batch norm's running statistics stay untouched
+                flat = self.features.eval()(torch.zeros(1, 1, size, size)).numel()
+            self.features.train()
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 32), nn.ReLU(), nn.Linear(32, len(SHAPES)))
 
         def forward(self, images: Any) -> Any:
@@ -194,7 +197,8 @@ def make_shapes(torch: Any, n: int, size: int, generator: Any) -> tuple[Any, Any
     cy = size / 2 + (uniform(n, 1, 1) - 0.5) * (size - 2 * half) * 0.9
     angle = (uniform(n, 1, 1) - 0.5) * 0.5  # up to 14 degrees either way
     arm = half * (0.25 + 0.15 * uniform(n, 1, 1))  # the cross's half-width
-    period = 4 + 6 * uniform(n, 1, 1)  # the stripes'
+    scale = size / 32  # edges and stripes as at 32 x 32, so that a bigger image shrinks to one the net knows
+    period = (4 + 6 * uniform(n, 1, 1)) * scale  # the stripes'
     theta, phase = uniform(n, 1, 1) * math.pi, uniform(n, 1, 1) * 2 * math.pi
     distance = torch.empty(n, size, size)
     for label, shape in enumerate(SHAPES):  # each image's field, computed for its own shape only
@@ -214,7 +218,7 @@ def make_shapes(torch: Any, n: int, size: int, generator: Any) -> tuple[Any, Any
             p, t = period[mine], theta[mine]
             field = -torch.sin(2 * math.pi * (x * t.cos() + y * t.sin()) / p + phase[mine]) * p / (2 * math.pi)
         distance[mine] = field
-    softness = 0.4 + uniform(n, 1, 1)
+    softness = (0.4 + uniform(n, 1, 1)) * scale
     alpha = (0.5 - distance / softness).clamp(0, 1).unsqueeze(1)
     background = uniform(n, 3, 1, 1)
     candidates = uniform(n, 8, 3, 1, 1)  # the first of 8 colours far enough from the background
