@@ -10,17 +10,13 @@ and `/health`'s view; every count lives in its `PoolStats`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from modalkit import telemetry
 from modalkit.app_loader import ServiceRef
 from modalkit.config import ModalConfig
-from modalkit.observation import PoolStats
 from modalkit.outcome import Failure
 from modalkit.runtime.capacity import container_limit
 from modalkit.runtime.local.batcher import Batcher
@@ -28,12 +24,12 @@ from modalkit.runtime.local.container import Container
 from modalkit.runtime.local.lifecycle import (
     SHUTTING_DOWN,
     ContainerFactory,
-    ContainerHandle,
     ContainerLife,
     LifeTimings,
     load_failure,
 )
-from modalkit.runtime.local.scaling import ScalingInputs, may_idle_out, should_start_container
+from modalkit.runtime.local.pool_base import LifePool
+from modalkit.runtime.local.scaling import ScalingInputs, should_start_container
 
 logger = logging.getLogger("modalkit.pool")
 
@@ -65,7 +61,7 @@ class PoolSettings:
         )
 
 
-class ContainerPool:
+class ContainerPool(LifePool[ContainerLife]):
     def __init__(
         self,
         ref: ServiceRef,
@@ -73,19 +69,16 @@ class ContainerPool:
         settings: PoolSettings,
         container_factory: ContainerFactory = Container,
     ) -> None:
-        self.ref = ref
-        self.model_name = model_name
+        super().__init__(
+            ref,
+            model_name,
+            settings.min_containers,
+            settings.max_containers,
+            settings.threads_per_container,
+            container_factory,
+        )
         self.settings = settings
-        self.min_containers = settings.min_containers
-        self.max_containers = settings.max_containers
         self.batcher = Batcher(settings.max_batch_size, settings.wait_ms, settings.max_queued_requests)
-        self.stats = PoolStats()
-        self._cores = os.cpu_count() or 1
-        start_threads = settings.threads_per_container or max(1, self._cores // max(1, self.min_containers))
-        self._env = {"OMP_NUM_THREADS": str(start_threads), "MKL_NUM_THREADS": str(start_threads)}
-        self._container_factory = container_factory
-        self._lives: dict[int, tuple[ContainerLife, asyncio.Task[None]]] = {}
-        self._keys = itertools.count()
         self._autoscaler: asyncio.Task[None] | None = None
 
     @classmethod
@@ -100,14 +93,7 @@ class ContainerPool:
         self._autoscaler = asyncio.create_task(self._autoscale())
 
     async def stop(self) -> None:
-        tasks = [self._autoscaler, *(task for _, task in self._lives.values())]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._stop_lives(self._autoscaler)
         self.batcher.fail_all(Failure("unavailable", SHUTTING_DOWN))
 
     def submit(self, item: Any, solo: bool = False, background: bool = False) -> asyncio.Future[Any]:
@@ -117,24 +103,9 @@ class ContainerPool:
             return future
         return self.batcher.submit(item, solo, telemetry.current_span_context(), background)
 
-    def failed(self) -> bool:
-        """The model failed to load and no container serves it."""
-        return self.stats.load_error is not None and self.stats.ready == 0
-
     def health(self) -> dict[str, Any]:
-        stats = self.stats
-        return {
-            "containers": stats.live,
-            "ready_containers": stats.ready,
-            "min_containers": self.min_containers,
-            "max_containers": self.max_containers,
-            "queued": len(self.batcher),
-            "load_error": stats.load_error,
-            "pids": [life.container.pid for life, _ in self._lives.values() if life.container is not None],
-            "container_starts": stats.container_starts,
-            "restarts": dict(stats.restarts),
-            "batch_sizes": {str(size): n for size, n in sorted(stats.batch_sizes.items())},
-        }
+        batch_sizes = {str(size): n for size, n in sorted(self.stats.batch_sizes.items())}
+        return {**self._health(len(self.batcher)), "batch_sizes": batch_sizes}
 
     def scaling_inputs(self) -> ScalingInputs:
         """The pool now, as the scaling decisions see it."""
@@ -157,33 +128,19 @@ class ContainerPool:
         alone uses the whole machine and two never oversubscribe it."""
         return self.settings.threads_per_container or max(1, self._cores // max(1, self.stats.live))
 
-    def _may_idle_out(self) -> bool:
-        return may_idle_out(self.scaling_inputs())
-
-    def _new_container(self) -> ContainerHandle:
-        return self._container_factory(self.ref, self.model_name, self._env)
-
     def _start_life(self) -> None:
-        key = next(self._keys)
-        life = ContainerLife(
-            key,
-            self.model_name,
-            self.settings.timings,
-            batcher=self.batcher,
-            stats=self.stats,
-            new_container=self._new_container,
-            threads=self._threads_per_batch,
-            may_idle_out=self._may_idle_out,
+        self._launch(
+            lambda key: ContainerLife(
+                key,
+                self.model_name,
+                self.settings.timings,
+                batcher=self.batcher,
+                stats=self.stats,
+                new_container=self._new_container,
+                threads=self._threads_per_batch,
+                may_idle_out=self._may_idle_out,
+            )
         )
-        self.stats.enter(key, "starting")  # counted from now, so the next decision sees it
-        self._lives[key] = (life, asyncio.create_task(self._run_life(life)))
-
-    async def _run_life(self, life: ContainerLife) -> None:
-        try:
-            await life.run()
-        finally:
-            self.stats.end(life.key)
-            del self._lives[life.key]
 
     async def _autoscale(self) -> None:
         while True:

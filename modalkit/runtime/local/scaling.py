@@ -46,7 +46,12 @@ def should_start_container(pool: ScalingInputs) -> bool:
 
 def may_idle_out(pool: ScalingInputs) -> bool:
     """Whether an idle container may stop: the others that stay are still at least `min_containers`."""
-    return pool.live - pool.leaving > pool.min_containers
+    return may_stop_one(pool.live, pool.leaving, pool.min_containers)
+
+
+def may_stop_one(live: int, leaving: int, min_containers: int) -> bool:
+    """`may_idle_out` from the counts it reads (a streaming pool has no batch figures to fill a snapshot with)."""
+    return live - leaving > min_containers
 
 
 def should_start_stream_container(waiting: int, live: int, ready: int, slots: int, max_containers: int) -> bool:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,7 +25,8 @@ from modalkit.observation import PoolStats, StreamStats
 from modalkit.outcome import Encoded, Failure
 from modalkit.runtime.capacity import container_limit
 from modalkit.runtime.local.lifecycle import SHUTTING_DOWN, Ended, Life, LifeTimings, load_failure
-from modalkit.runtime.local.scaling import ScalingInputs, may_idle_out, should_start_stream_container
+from modalkit.runtime.local.pool_base import LifePool
+from modalkit.runtime.local.scaling import should_start_stream_container
 from modalkit.runtime.local.stream_container import StreamContainer, StreamSlot
 
 logger = logging.getLogger("modalkit.pool")
@@ -183,7 +182,7 @@ class StreamLife(Life[StreamContainer]):
         return bool(done)
 
 
-class StreamPool:
+class StreamPool(LifePool[StreamLife]):
     def __init__(
         self,
         ref: ServiceRef,
@@ -191,18 +190,18 @@ class StreamPool:
         settings: StreamSettings,
         container_factory: StreamContainerFactory = StreamContainer,
     ) -> None:
-        self.ref = ref
-        self.model_name = model_name
+        super().__init__(
+            ref,
+            model_name,
+            settings.min_containers,
+            settings.max_containers,
+            settings.threads_per_container,
+            container_factory,
+        )
         self.settings = settings
         self.slots = Slots(settings.slots, settings.max_waiting)
         self.slots.on_wait = self._scale_up
-        self.stats = PoolStats()
         self.streams = StreamStats()
-        threads = settings.threads_per_container or max(1, (os.cpu_count() or 1) // max(1, settings.min_containers))
-        self._env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        self._container_factory = container_factory
-        self._lives: dict[int, tuple[StreamLife, asyncio.Task[None]]] = {}
-        self._keys = itertools.count()
 
     @classmethod
     def from_config(cls, ref: ServiceRef, model_name: str, config: ModalConfig) -> StreamPool:
@@ -217,12 +216,7 @@ class StreamPool:
         self.slots.fail_waiting(Failure("unavailable", SHUTTING_DOWN))
         for container in self.slots.containers:
             container.fail_open(Failure("unavailable", SHUTTING_DOWN))
-        tasks = [task for _, task in self._lives.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_lives()
 
     async def stream(self, item: Any) -> AsyncIterator[Encoded | Failure]:
         """One input's chunks; see `modalkit.runtime.Runtime.stream`."""
@@ -252,24 +246,11 @@ class StreamPool:
             self.streams.refused += 1
             raise
 
-    def failed(self) -> bool:
-        """The model failed to load and no container serves it."""
-        return self.stats.load_error is not None and self.stats.ready == 0
-
     def health(self) -> dict[str, Any]:
-        stats = self.stats
         return {
-            "containers": stats.live,
-            "ready_containers": stats.ready,
-            "min_containers": self.settings.min_containers,
-            "max_containers": self.settings.max_containers,
+            **self._health(len(self.slots)),
             "slots_per_container": self.settings.slots,
-            "queued": len(self.slots),
             "active_streams": sum(c.open_streams for c in self.slots.containers),
-            "load_error": stats.load_error,
-            "pids": [life.container.pid for life, _ in self._lives.values() if life.container is not None],
-            "container_starts": stats.container_starts,
-            "restarts": dict(stats.restarts),
             "streams": self.streams.counts(),
         }
 
@@ -281,48 +262,21 @@ class StreamPool:
         else:
             self.streams.cancelled += 1
 
-    def _may_idle_out(self) -> bool:
-        stats, settings = self.stats, self.settings
-        containers = ScalingInputs(
-            queued=len(self.slots),
-            oldest_wait_s=0.0,
-            batch_seconds=0.0,
-            batch_wait_s=0.0,
-            live=stats.live,
-            ready=stats.ready,
-            busy=stats.busy,
-            leaving=stats.leaving,
-            min_containers=settings.min_containers,
-            max_containers=settings.max_containers,
-        )
-        return may_idle_out(containers)
-
     def _scale_up(self) -> None:
         stats, settings, waiting = self.stats, self.settings, len(self.slots)
         if should_start_stream_container(waiting, stats.live, stats.ready, settings.slots, settings.max_containers):
             logger.info("scaling %r up to %d containers (%d streams wait)", self.model_name, stats.live + 1, waiting)
             self._start_life()
 
-    def _new_container(self) -> StreamContainer:
-        return self._container_factory(self.ref, self.model_name, self._env)
-
     def _start_life(self) -> None:
-        key = next(self._keys)
-        life = StreamLife(
-            key,
-            self.model_name,
-            self.settings.timings,
-            slots=self.slots,
-            stats=self.stats,
-            new_container=self._new_container,
-            may_idle_out=self._may_idle_out,
+        self._launch(
+            lambda key: StreamLife(
+                key,
+                self.model_name,
+                self.settings.timings,
+                slots=self.slots,
+                stats=self.stats,
+                new_container=self._new_container,
+                may_idle_out=self._may_idle_out,
+            )
         )
-        self.stats.enter(key, "starting")  # counted from now, so the next decision sees it
-        self._lives[key] = (life, asyncio.create_task(self._run_life(life)))
-
-    async def _run_life(self, life: StreamLife) -> None:
-        try:
-            await life.run()
-        finally:
-            self.stats.end(life.key)
-            del self._lives[life.key]
