@@ -136,7 +136,9 @@ def main() -> None:
     BATCH = args.batch
 
     load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    loading = time.perf_counter()
     example, model = load_direct()
+    load_s = time.perf_counter() - loading  # the CNN trains at load: this is what its container's start costs
     started = time.perf_counter()
     batch = [example.ImageIn(image=example.File(data=d)) for _, d in pngs(example, 32, BATCH)]
     runs = 50
@@ -187,6 +189,7 @@ def main() -> None:
         "image/png), to show what multipart parsing costs. Errors are answers other than 200, wrong are labels that "
         "differ from the drawn shape. Clients, server and container share the same 2 cores, so served figures "
         f"include the clients' CPU cost. {args.seconds:.0f} s per row, in {args.rounds} turns of direct then served. "
+        f"Loading the model (the CNN trains at load, on generated images) took {load_s:.2f} s. "
         f"1-minute load average at the start: {load:.1f}."
     )
     write_section("images", f"{table}\n\n{notes}")

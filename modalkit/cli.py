@@ -2,68 +2,85 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import socket
 import sys
+import traceback
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from modalkit import __version__
 from modalkit.exceptions import BulkStopped, ModalkitError
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from pydantic import BaseModel
 
     from modalkit.runtime import Runtime
 
 INPUT_HELP = 'JSONL: one input per line; a file field may name a file, {"file": "path"}, relative to it.'
 OUTPUT_HELP = "JSONL: line i answers input line i; an existing file is resumed."
+CONFIG_HELP = "Config file(s), comma-separated; default: $MODALKIT_CONFIG, else modalkit.yaml beside the app or in ./"
+LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False)
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup (its containers' load) fails
+
+config_option = click.option("--config", "config_files", metavar="FILES", help=CONFIG_HELP)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modalkit")
 def main() -> None:
     """Serve modalkit apps locally and inspect their configuration."""
 
 
 @main.command()
 @click.argument("app_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the server.")
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--config", "config_files", help="Config file(s), comma-separated; default: modalkit.yaml.")
-@click.option("--log-level", default="info", show_default=True)
-def serve(app_path: str, host: str, port: int, config_files: str | None, log_level: str) -> None:
-    """Serve APP_PATH (a file with a ModalService and an @modal.asgi_app function) on the local runtime."""
-    import uvicorn
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="MODALKIT_HOST",
+    show_envvar=True,
+    help="Address to bind; 0.0.0.0 exposes the server.",
+)
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), envvar="MODALKIT_PORT", show_envvar=True
+)
+@config_option
+@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+@click.option("--access-log", is_flag=True, help="Log one line per request (logger modalkit.access).")
+@click.option("--reload", is_flag=True, help="Restart the server and its containers when a watched file changes.")
+def serve(
+    app_path: str, host: str, port: int, config_files: str | None, log_level: str, access_log: bool, reload: bool
+) -> None:
+    """Serve APP_PATH (a file with a ModalService and an @modal.asgi_app function) on the local runtime.
 
-    from modalkit.config.schema import AppSettings
-    from modalkit.http_edge import edge_protocol, fit_open_files
+    --reload watches APP_PATH, the .py and YAML files beside it and the config files.
+    """
+    if reload:
+        _serve_with_reload(app_path, host, port, config_files, log_level, access_log)
+        return
     from modalkit.logs import configure_logging
-    from modalkit.web import served_by
 
-    configure_logging(log_level)
-    asgi_app = _load_web_app(app_path, config_files)
-    served = served_by(asgi_app)  # None for a plain FastAPI app: the default settings then
-    settings = served.settings if served is not None else AppSettings()
-    grace = settings.local_config.shutdown_grace_seconds
-    edge = edge_protocol(settings.limits, fit_open_files(settings.limits.max_connections))
-    uvicorn.run(
-        asgi_app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(grace) or None,
-        http=edge,
-    )
+    configure_logging(log_level, access_log=access_log)
+    with _listen(host, port) as listening:  # bound before the app loads: a port in use is said at once
+        started = _run_server(_load_web_app(app_path, config_files), listening, log_level)
+    if not started:
+        sys.exit(STARTUP_FAILURE)
 
 
 @main.command()
 @click.argument("app_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False), help=INPUT_HELP)
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help=OUTPUT_HELP)
-@click.option("--config", "config_files", help="Config file(s), comma-separated; default: modalkit.yaml.")
+@config_option
 @click.option("--model-name", help="The model entry to run; default: the service's.")
 @click.option("--window", type=int, help="Items in flight; default: two full batches per container.")
 @click.option("--modal", "on_modal", is_flag=True, help="Run on the deployed app (modal deploy) instead of locally.")
@@ -76,7 +93,10 @@ def run(
     window: int | None,
     on_modal: bool,
 ) -> None:
-    """Bulk inference over a JSONL file: batched, in order, resumable; locally, or on Modal with --modal."""
+    """Bulk inference over a JSONL file: batched, in order, resumable; locally, or on Modal with --modal.
+
+    Exits 1 when any item failed; its line in the output holds the error.
+    """
     import asyncio
 
     from modalkit.logs import configure_logging
@@ -105,10 +125,13 @@ def run(
         raise click.ClickException(
             f"stopped: {exc}; {output} holds every line answered so far, run again to resume"
         ) from None
+    done, failed = int(result["done"]), int(result["errors"])
     click.echo(
-        f"{int(result['done'])} items ({int(result['errors'])} failed) at {result['items_per_s']:.1f} items/s; "
+        f"{done} items ({failed} failed) at {result['items_per_s']:.1f} items/s; "
         f"{int(result['skipped'])} were already in {output}"
     )
+    if failed:
+        raise click.ClickException(f"{failed} of {done} items failed; their lines in {output} say why")
 
 
 @main.command()
@@ -157,9 +180,11 @@ def stats(url: str, as_json: bool) -> None:
 
 @main.command()
 @click.option(
+    "--config",
     "--file",
     "config_files",
-    help="Config file(s), comma-separated; default: $MODALKIT_CONFIG or modalkit.yaml.",
+    metavar="FILES",
+    help="Config file(s), comma-separated; default: $MODALKIT_CONFIG, else ./modalkit.yaml.",
 )
 @click.option("--check", is_flag=True, help="Only validate: print every problem (file and YAML path), or OK.")
 def config(config_files: str | None, check: bool) -> None:
@@ -214,14 +239,30 @@ async def _run_bulk(
 
 def _load_web_app(app_path: str, config_files: str | None) -> Any:
     """The web app of APP_PATH, with its config chosen as `_choose_config` says."""
-    from modalkit.app_loader import import_app
     from modalkit.web.loading import find_web_app
 
     _choose_config(app_path, config_files)
     try:
-        return find_web_app(import_app(app_path))
+        return find_web_app(_import_user_app(app_path))
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _import_user_app(app_path: str) -> ModuleType:
+    """Import the user's file; what its own code gets wrong is one line naming the file and line, not a traceback."""
+    from modalkit.app_loader import import_app
+
+    try:
+        return import_app(app_path)
+    except ModalkitError:
+        raise
+    except SyntaxError as exc:
+        raise click.ClickException(f"{exc.filename}:{exc.lineno}: {exc.msg}") from None
+    except Exception as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise click.ClickException(
+            f"{where.filename}:{where.lineno}: loading {app_path} raised {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _choose_config(app_path: str, config_files: str | None) -> None:
@@ -234,9 +275,70 @@ def _choose_config(app_path: str, config_files: str | None) -> None:
             os.environ["MODALKIT_CONFIG"] = str(beside)
 
 
+def _run_server(asgi_app: Any, listening: socket.socket, log_level: str) -> bool:
+    """Serve `asgi_app` on `listening` until Ctrl+C or SIGTERM; False when its startup failed."""
+    import uvicorn
+
+    from modalkit.config.schema import AppSettings
+    from modalkit.http_edge import edge_protocol, fit_open_files
+    from modalkit.web import served_by
+
+    served = served_by(asgi_app)  # None for a plain FastAPI app: the default settings then
+    settings = served.settings if served is not None else AppSettings()
+    grace = settings.local_config.shutdown_grace_seconds
+    host, port = listening.getsockname()[:2]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            asgi_app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(grace) or None,
+            http=edge_protocol(settings.limits, fit_open_files(settings.limits.max_connections)),
+        )
+    )
+    logging.getLogger("modalkit.serve").info("serving on http://%s:%d (Ctrl+C to quit)", host, port)
+    server.run(sockets=[listening])
+    return bool(server.started)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that an address in use is one clear line, not a uvicorn traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        hint = "; choose another with --port or MODALKIT_PORT" if exc.errno == errno.EADDRINUSE else ""
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    return listening
+
+
+def _serve_with_reload(
+    app_path: str, host: str, port: int, config_files: str | None, log_level: str, access_log: bool
+) -> None:
+    """Supervise `modalkit serve` without --reload, restarting it when the app or its config changes."""
+    from modalkit.config import ModalConfig
+    from modalkit.config.names import DEFAULT_CONFIG_FILE
+    from modalkit.reload import WatchedFiles, serve_with_reload
+
+    _choose_config(app_path, config_files)  # the child inherits the choice through MODALKIT_CONFIG
+    chosen = os.environ.get("MODALKIT_CONFIG") or DEFAULT_CONFIG_FILE
+    configs = [Path(part.strip()) for part in chosen.split(",") if part.strip()]
+    try:  # the server waits `shutdown_grace_seconds` for requests, then as long for its jobs
+        with warnings.catch_warnings():  # the server says them, once
+            warnings.simplefilter("ignore")
+            grace = 2 * ModalConfig(chosen).app_settings.local_config.shutdown_grace_seconds + 10
+    except ModalkitError:
+        grace = 70.0  # the child will say what is wrong with the config; the default grace meanwhile
+    command = [sys.executable, "-m", "modalkit", "serve", app_path, "--host", host, "--port", str(port)]
+    command += ["--log-level", log_level] + (["--access-log"] if access_log else [])
+    serve_with_reload(command, WatchedFiles(Path(app_path), configs), grace)
+
+
 def _printable(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, list, tuple, type(None))) else repr(v) for k, v in kwargs.items()}
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import mimetypes
 import os
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,9 @@ from modalkit.files import File
 __all__ = ["AsyncClient", "Client", "ClientError", "DeadlineExceeded", "FileValue", "JobFailed", "RetryPolicy"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+REQUEST_ID_HEADER = "x-request-id"  # sent with each call (its tries share it), echoed by a modalkit server
+
+logger = logging.getLogger("modalkit.client")
 
 # A file to upload: a path (its content type guessed from its name), raw bytes, (filename, bytes, content type)
 # with either name or type None to fill in, or a modalkit File.
@@ -99,8 +104,10 @@ class RetryPolicy:
 
 
 def _built(request: httpx.Request) -> httpx.Request:
-    """The request with its body encoded once (a multipart body too, boundary and all): every try sends it."""
+    """The request with its body encoded once (a multipart body too, boundary and all) and its own request id:
+    every try sends it, so the server's logs show the tries of one call under one id."""
     request.read()
+    request.headers.setdefault(REQUEST_ID_HEADER, uuid.uuid4().hex)
     return request
 
 
@@ -136,15 +143,34 @@ class _ClientBase:
     def _answer_or_raise(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             self.counts["failed"] += 1
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text
-            raise ClientError(response.status_code, detail)
+            raise self._failed(response)
         self.counts["succeeded"] += 1
         return response.json()
 
-    def _retry_after(self, plan: Iterator[float], give_up: float, response: httpx.Response | None) -> float | None:
+    @staticmethod
+    def _failed(response: httpx.Response) -> ClientError:
+        """The error of a failed answer, logged with the request id that finds it in the server's logs."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+        request = response.request
+        request_id = response.headers.get(REQUEST_ID_HEADER) or request.headers.get(REQUEST_ID_HEADER)
+        logger.warning(
+            "%s %s failed: HTTP %d: %s (request id %s)",
+            request.method,
+            request.url.path,
+            response.status_code,
+            detail,
+            request_id,
+            extra={"fields": {"status": response.status_code, "request_id": request_id}},
+        )
+        return ClientError(response.status_code, detail, request_id)
+
+    def _retry_after(
+        self, plan: Iterator[float], give_up: float, request: httpx.Request, response: httpx.Response | None
+    ) -> float | None:
         """Seconds to wait before trying again, or None when this response is the answer (retry or not).
         Raises DeadlineExceeded when nothing came back and there is no time left."""
         self.counts["sent"] += 1
@@ -155,7 +181,8 @@ class _ClientBase:
             if response is not None:
                 return None
             self.counts["failed"] += 1
-            raise DeadlineExceeded(f"no answer within {self.deadline:g} s")
+            request_id = request.headers.get(REQUEST_ID_HEADER)
+            raise DeadlineExceeded(f"no answer within {self.deadline:g} s (request id {request_id})")
         self.counts["retried"] += 1
         return delay
 
@@ -293,7 +320,7 @@ class Client(_ClientBase):
             response: httpx.Response | None = None
             with contextlib.suppress(httpx.TransportError):  # refused, reset, timed out: retried
                 response = self._http.send(request)
-            delay = self._retry_after(plan, give_up, response)
+            delay = self._retry_after(plan, give_up, request, response)
             if delay is None:
                 assert response is not None
                 return self._answer_or_raise(response)
@@ -366,7 +393,7 @@ class AsyncClient(_ClientBase):
             response: httpx.Response | None = None
             with contextlib.suppress(httpx.TransportError):  # refused, reset, timed out: retried
                 response = await self._http.send(request)
-            delay = self._retry_after(plan, give_up, response)
+            delay = self._retry_after(plan, give_up, request, response)
             if delay is None:
                 assert response is not None
                 return self._answer_or_raise(response)

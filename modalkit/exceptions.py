@@ -14,6 +14,8 @@ ModalkitError
 ├── AuthConfigError       (also ValueError; ModalKit's name)
 ├── StoreFull
 ├── DeliveryRefused
+│   └── WebhookNotAllowed (also ValueError: a webhook URL outside webhook_config's rules)
+├── WebhookFailed         (a webhook receiver did not answer 2xx; retried)
 ├── ContainerLoadFailed   (local runtime: a container could not start or load)
 ├── ContainerDied         (local runtime: a container ended while running a batch)
 ├── ClientError           (the client: an HTTP error answer)
@@ -134,6 +136,15 @@ class DeliveryRefused(ModalkitError):
     the delivery is marked failed rather than retried. A queue backend may raise it too."""
 
 
+class WebhookNotAllowed(DeliveryRefused, ValueError):
+    """A webhook URL that `webhook_config` does not allow: not http(s), a host not in `allowed_hosts`, or one that
+    resolves to a loopback, private or reserved address without `allow_private` (HTTP 422 when a job names it)."""
+
+
+class WebhookFailed(ModalkitError):
+    """One webhook POST failed (an answer other than 2xx, a timeout, a refused connection); it is retried."""
+
+
 class ContainerLoadFailed(ModalkitError):
     """The process could not be started, `load_artefacts` raised, or the process died while loading."""
 
@@ -143,12 +154,15 @@ class ContainerDied(ModalkitError):
 
 
 class ClientError(ModalkitError):
-    """The server answered with an error that retrying did not (or could not) fix."""
+    """The server answered with an error that retrying did not (or could not) fix; `request_id` is the answer's
+    `x-request-id`, which finds the request in the server's logs."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
+    def __init__(self, status_code: int, detail: Any, request_id: str | None = None) -> None:
         self.status_code = status_code
         self.detail = detail
-        super().__init__(f"HTTP {status_code}: {detail}")
+        self.request_id = request_id
+        said = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"HTTP {status_code}: {detail}{said}")
 
 
 class DeadlineExceeded(ModalkitError):

@@ -61,6 +61,15 @@ class InferenceBase:
     def on_volume_reload(self) -> None:
         """Runs after the container's volumes are reloaded."""
 
+    def health(self) -> bool | str:
+        """Whether this container can serve now: True, or False or a sentence saying why not.
+
+        Asked on each ready local container at most every `local_config.health_check_interval_seconds`, between
+        batches; while every ready container says no, `/readyz` answers 503 (with the reason, to callers with
+        the API key). Keep it cheap: it runs in the container, and a batch waits for it.
+        """
+        return True
+
     def run(self, inputs: list[Any]) -> list[Any]:
         """The whole pipeline on one batch; an item whose inference raised comes back as its exception.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -23,6 +23,11 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
+def new_webhook_id() -> str:
+    """The `webhook-id` of a job's webhook: made when the job is accepted, the same on every try (receivers dedupe)."""
+    return f"msg_{secrets.token_hex(16)}"
+
+
 @dataclass(frozen=True)
 class AsyncRequest:
     """One async input and where its result goes; passed whole to a Modal container by `spawn`."""
@@ -31,13 +36,20 @@ class AsyncRequest:
     success_queue: str | None = None
     failure_queue: str | None = None
     meta: dict[str, Any] | None = None
+    webhook_url: str | None = None  # POSTed the finished job, signed (see modalkit.webhooks)
+    webhook_id: str | None = None  # its `webhook-id`, made with the request
 
     @classmethod
     def from_envelope(cls, envelope: Any) -> AsyncRequest:
-        """From ModalKit's `{message, success_queue, failure_queue, meta}` (a model with those fields):
-        an empty queue name or meta means none."""
+        """From ModalKit's `{message, success_queue, failure_queue, meta}` (a model with those fields) and our
+        `webhook_url`: an empty queue name, meta or URL means none."""
         queues = (getattr(envelope, "success_queue", None) or None, getattr(envelope, "failure_queue", None) or None)
-        return cls(envelope.message, *queues, getattr(envelope, "meta", None) or None)
+        meta = getattr(envelope, "meta", None) or None
+        return cls(envelope.message, *queues, meta).with_webhook(getattr(envelope, "webhook_url", None) or None)
+
+    def with_webhook(self, url: str | None) -> AsyncRequest:
+        """This request with its finished job POSTed to `url` (None: no webhook), under a new `webhook-id`."""
+        return replace(self, webhook_url=url, webhook_id=new_webhook_id() if url else None)
 
     def queue_for(self, status: JobState) -> str | None:
         """Where a job's result goes: the success queue once it succeeded, the failure queue once it failed."""
@@ -45,10 +57,11 @@ class AsyncRequest:
 
 
 class Delivery(BaseModel):
-    """The push of a job's result to the queue it named."""
+    """The push of a job's result to the queue it named, or its webhook to the URL it named."""
 
     state: DeliveryState
     queue: str | None = None
+    url: str | None = None
     attempts: int = 0
     error: str | None = None
 
@@ -57,7 +70,8 @@ class Job(BaseModel):
     """An async job as `GET /predict_async/{job_id}` answers it, and as every runtime reports it.
 
     `result` only once succeeded; `error` (`{status_code, detail}`, see `modalkit.outcome.failure_body`) only
-    once failed; `delivery` only when the job named a queue for its result.
+    once failed; `delivery` only when the job named a queue for its result, `webhook` only when it named a
+    `webhook_url` (each once the job has finished, locally).
     """
 
     job_id: str
@@ -66,6 +80,7 @@ class Job(BaseModel):
     result: Any = None
     error: dict[str, Any] | None = None
     delivery: Delivery | None = None
+    webhook: Delivery | None = None
 
     @property
     def pending(self) -> bool:
@@ -80,6 +95,8 @@ class Job(BaseModel):
             body["error"] = self.error
         if self.delivery is not None:
             body["delivery"] = self.delivery.model_dump(exclude_none=True)
+        if self.webhook is not None:
+            body["webhook"] = self.webhook.model_dump(exclude_none=True)
         return body
 
 
@@ -101,6 +118,18 @@ def job_outcome(result: Any) -> tuple[JobState, Any]:
     if error is not None:
         return "failed", {**failure_body(Failure("rejected", error)), "output": output}
     return "succeeded", output
+
+
+def webhook_payload(
+    job_id: str | None, status: JobState, outcome: Any, attempts: int, meta: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a webhook receives: the finished job as `GET /predict_async/{job_id}` shows it, without its deliveries
+    (so every try sends the same body), and the request's `meta` when it had one."""
+    body: dict[str, Any] = {"job_id": job_id, "status": status, "attempts": attempts}
+    body["result" if status == "succeeded" else "error"] = outcome
+    if meta:
+        body["meta"] = meta
+    return body
 
 
 def sink_message(

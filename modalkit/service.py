@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import typing
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 # Imported at run time, not under TYPE_CHECKING: Modal evaluates the service class's annotations.
 from modalkit.config import ModalConfig
 from modalkit.cuda import is_cuda_error
-from modalkit.exceptions import ConfigError, InferenceError
+from modalkit.exceptions import ConfigError, DeliveryRefused, InferenceError
 from modalkit.inference import InferenceBase
 from modalkit.iomodel import AsyncInputModel, AsyncOutputModel, SyncInputModel
-from modalkit.jobs import AsyncRequest, job_outcome, jsonable, sink_message
+from modalkit.jobs import AsyncRequest, job_outcome, jsonable, new_webhook_id, sink_message, webhook_payload
+from modalkit.observation import BatchTiming, Metered, Timed
 from modalkit.outcome import Failure, http_status
 from modalkit.sinks import deliver, make_sink
+from modalkit.sinks.failures import json_message
+from modalkit.webhooks import send as send_webhook
 
 logger = logging.getLogger("modalkit.service")
 
@@ -88,7 +93,8 @@ class ModalService:
         from modalkit.runtime.modal import ModalRuntime
 
         async def call(model_name: str, input_data: Any) -> Any:
-            result = await ModalRuntime(cls, [model_name]).submit(model_name, unwrapped(input_data))
+            runtime = ModalRuntime(cls, [model_name], observed=False)  # nothing here reads its figures
+            result = await runtime.submit(model_name, unwrapped(input_data))
             if isinstance(result, Failure):
                 raise InferenceError(result.detail, http_status(result))
             return result
@@ -170,17 +176,30 @@ class ModalService:
     def _process(self, batch: list[Any]) -> list[Any]:
         if not batch:
             return []
+        number = self._count_batch()
         interval = self.modal_config.app_settings.deployment_config.volume_reload_interval_seconds
         if interval is not None and interval <= 0:  # ModalKit's -1: reload before every batch
             self._reload_volumes()
+        metered = [isinstance(item, Metered) for item in batch]
+        batch = [item.item if isinstance(item, Metered) else item for item in batch]
         # On Modal, `spawn` sends the whole AsyncRequest: run its message, then push to its queues here.
         # ModalKit's callers send SyncInputModel / AsyncInputModel wrappers: the same, by other names.
         requests = [async_request(item) if _is_async(item) else None for item in batch]
         inputs = [r.message if r is not None else unwrapped(item) for r, item in zip(requests, batch, strict=True)]
+        started_ns = time.time_ns()
         results = self._infer(inputs)
+        timing = BatchTiming(self._container_token, number, len(batch), started_ns, time.time_ns())
         if any(requests):
             self._push_results(requests, inputs, results)
-        return results
+        return [Timed(r, timing) if m else r for r, m in zip(results, metered, strict=True)]
+
+    def _count_batch(self) -> int:
+        """How many batches this container ran before this one (0: its first). The counter and the container's
+        token are made at its first batch, after any memory snapshot is restored: restored containers differ."""
+        if "_batch_counter" not in self.__dict__:
+            self._container_token = uuid.uuid4().hex
+            self._batch_counter = itertools.count()
+        return next(self._batch_counter)
 
     def _infer(self, inputs: list[Any]) -> list[Any]:
         try:
@@ -205,6 +224,20 @@ class ModalService:
             if queue is not None:
                 message = sink_message(None, request, status, outcome, jsonable(item), queue_config.message_format)
                 deliver(sink, queue, message)
+            if request.webhook_url is not None:
+                self._send_webhook(request, webhook_payload(None, status, outcome, 1, request.meta))
+
+    def _send_webhook(self, request: AsyncRequest, payload: dict[str, Any]) -> None:
+        """POST the finished job to its webhook from a thread of this container, so that retries (over
+        `webhook_config.retry_window_seconds`) do not hold up the batch's results."""
+        try:
+            body = json_message(payload).encode()
+        except DeliveryRefused as exc:
+            logger.error("webhook %s to %s not sent: %s", request.webhook_id, request.webhook_url, exc)
+            return
+        config = self.modal_config.app_settings.webhook_config
+        arguments = (request.webhook_url or "", request.webhook_id or new_webhook_id(), body, config)
+        threading.Thread(target=send_webhook, args=arguments, name="modalkit-webhook", daemon=True).start()
 
     def _recycle(self, exc: BaseException, size: int) -> list[Any]:
         import modal

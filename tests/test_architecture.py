@@ -78,7 +78,7 @@ def _imported_with(target: str, importer: str) -> set[str]:
     (already being imported) and the top-level package."""
     found = {target} if target != importer else set()
     parent = target.rpartition(".")[0]
-    while parent not in ("modalkit", importer) and not importer.startswith(parent + "."):
+    while parent and parent not in ("modalkit", importer) and not importer.startswith(parent + "."):
         found.add(parent)
         parent = parent.rpartition(".")[0]
     return found

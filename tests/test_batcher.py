@@ -97,3 +97,37 @@ def test_a_solo_job_runs_alone() -> None:
         return [[p.item for p in await batcher.next_batch()] for _ in range(3)]
 
     assert run(scenario()) == [["a"], ["suspect"], ["b"]]
+
+
+def test_a_full_batch_is_taken_ahead_only_when_no_free_container_waits() -> None:
+    async def scenario() -> None:
+        batcher = Batcher(max_batch_size=2, wait_ms=50)
+        free = asyncio.ensure_future(batcher.next_batch())
+        ahead = asyncio.ensure_future(batcher.next_full_batch())
+        await asyncio.sleep(0)
+        batcher.submit("a")
+        await asyncio.sleep(0.01)
+        assert not ahead.done()  # one item is not a full batch
+        batcher.submit("b")
+        assert [p.item for p in await free] == ["a", "b"]  # the free container goes first
+        await asyncio.sleep(0.01)
+        assert not ahead.done()
+        batcher.submit("c")
+        batcher.submit("d")
+        assert [p.item for p in await ahead] == ["c", "d"]  # no free container waits: taken ahead
+
+    asyncio.run(scenario())
+
+
+def test_a_requeued_batch_goes_back_to_the_head_in_order() -> None:
+    async def scenario() -> None:
+        batcher = Batcher(max_batch_size=2, wait_ms=0)
+        for item in ("a", "b", "c"):
+            batcher.submit(item)
+        batcher.submit("job", background=True)
+        taken = await batcher.next_batch()
+        batcher.requeue(taken)
+        assert [p.item for p in await batcher.next_batch()] == ["a", "b"]
+        assert [p.item for p in await batcher.next_batch()] == ["c", "job"]
+
+    asyncio.run(scenario())

@@ -22,7 +22,6 @@ from modalkit.app_loader import import_app
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "chat"
-LOAD_SECONDS = 4.0  # about 2 s on two idle cores; the margin is for a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +51,8 @@ def answer(model: Any, example: ModuleType, **fields: Any) -> list[str]:
     return list(model.predict_stream(example.ChatIn(**fields)))
 
 
-def test_loads_quickly_and_learns_the_text(loaded: tuple[Any, float]) -> None:
-    model, seconds = loaded
-    assert seconds < LOAD_SECONDS, f"training at load took {seconds:.1f} s"
+def test_learns_the_text_at_load(loaded: tuple[Any, float]) -> None:
+    model, _ = loaded  # how long the training at load takes is measured by benchmarks/streaming.py, never asserted here
     assert model.loss < 0.5, "the last training batch's loss: the model has learnt its text"
 
 

@@ -215,6 +215,10 @@ GOOD: dict[str, tuple[str, Check]] = {
             any("service-key" in s for s in b.web.secrets) and not any("service-key" in s for s in b.info.secrets)
         ),
     ),
+    "webhook_config.modal_secret": (  # the container signs its jobs' webhooks; the web function checks the secret
+        "  webhook_config: {modal_secret: hook-secret}\n",
+        lambda b: any("hook-secret" in s for s in b.web.secrets) and any("hook-secret" in s for s in b.info.secrets),
+    ),
 }
 
 

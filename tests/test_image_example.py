@@ -21,7 +21,6 @@ from modalkit.app_loader import import_app
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "image_classifier"
-LOAD_SECONDS = 3.0  # under a second on two idle cores; the margin is for a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +82,8 @@ def item(example: ModuleType, data: bytes, **fields: Any) -> Any:
     return example.ImageIn(image=File(data=data, filename="upload.png", content_type="image/png"), **fields)
 
 
-def test_loads_quickly_and_learns(loaded: tuple[Any, float]) -> None:
-    model, seconds = loaded
-    assert seconds < LOAD_SECONDS, f"training at load took {seconds:.1f} s"
+def test_learns_at_load(loaded: tuple[Any, float]) -> None:
+    model, _ = loaded  # how long the training at load takes is measured by benchmarks/images.py, never asserted here
     assert model.loss < 0.5, "the last training batch's loss"
 
 

@@ -3,7 +3,9 @@ are wired through stand-ins at the FunctionCall boundary only (nothing can be sp
 
 from __future__ import annotations
 
+import asyncio
 import json
+import pickle
 import sys
 import uuid
 from pathlib import Path
@@ -13,9 +15,11 @@ from typing import Any
 import modal.exception
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from modalkit.app_loader import import_app
 from modalkit.jobs import AsyncRequest
+from modalkit.observation import Metered
 from modalkit.outcome import Failure
 from modalkit.runtime.modal import ModalRuntime
 from modalkit.web import create_web_endpoints
@@ -119,3 +123,105 @@ def test_modal_runtime_wires_spawn_and_status_through_function_calls(echo: Any) 
     model_name, request = StandInService.spawned[1]
     assert model_name == "shout"
     assert (request.message.text, request.success_queue, request.meta) == ("y", "ok", {"k": "v"})
+
+
+# ---- ModalRuntime.submit: the batches the web container's requests went into ------------------------------------
+
+
+class RemoteBatches:
+    """Stands in for `process_request.remote.aio` at the network only: the calls made together run as one batch
+    of the real service code (`process_request.local` of one object: one container), each item and each result
+    pickled as Modal's transport does."""
+
+    def __init__(self, container: Any) -> None:
+        self.run_batch = container.process_request.local  # taken before this stand-in replaces it
+        self.batch_size = 1
+        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.received: list[Any] = []
+        self.remote = SimpleNamespace(aio=self._remote)
+
+    async def _remote(self, item: Any) -> Any:
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting.append((pickle.loads(pickle.dumps(item)), answer))
+        if len(self.waiting) >= self.batch_size:
+            batch, self.waiting = self.waiting, []
+            self.received.extend(item for item, _ in batch)
+            results = self.run_batch([item for item, _ in batch])
+            for (_, waiting), result in zip(batch, results, strict=True):
+                waiting.set_result(result)
+        return pickle.loads(pickle.dumps(await answer))
+
+
+@pytest.fixture
+def echo_local(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("MODALKIT_CONFIG", str(APPS / "echo.yaml"))
+    monkeypatch.delitem(sys.modules, "echo_app", raising=False)
+    return import_app(APPS / "echo_app.py")
+
+
+def batched_runtime(echo: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[ModalRuntime, RemoteBatches]:
+    runtime = ModalRuntime(echo.EchoService, ["echo", "shout"])
+    container = runtime._objects["echo"]
+    remote = RemoteBatches(container)
+    monkeypatch.setattr(container, "process_request", remote)
+    return runtime, remote
+
+
+def test_submit_records_each_batch_once_with_the_containers_timing(
+    echo_local: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, remote = batched_runtime(echo_local, monkeypatch)
+
+    async def send(*texts: str) -> list[Any]:
+        return await asyncio.gather(*(runtime.submit("echo", echo_local.EchoIn(text=t)) for t in texts))
+
+    remote.batch_size = 3
+    cold = asyncio.run(send("a", "b", "bad"))
+    remote.batch_size = 1
+    (warm,) = asyncio.run(send("c"))
+    assert [o.text for o in cold[:2]] == ["a", "b"] and isinstance(cold[2], Failure) and warm.text == "c"
+    assert all(isinstance(item, Metered) for item in remote.received)  # what crossed: the item, metered
+
+    stats = runtime.observe().pools["echo"]
+    assert stats.batch_sizes == {3: 1, 1: 1}  # three answers, one batch: counted once
+    assert (stats.requests["cold"], stats.requests["warm"], stats.container_starts) == (3, 1, 1)
+    assert stats.inference_seconds.count == 2 and stats.inference_seconds.total > 0
+    assert stats.queue_wait.count == 4 and len(stats.latencies["cold"]) == 3
+    assert runtime.observe().pools["shout"].batch_sizes == {}
+    assert runtime.observe().container_phases is False
+
+
+def test_a_direct_call_gets_plain_results_and_sync_call_sends_plain_items(
+    echo_local: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = echo_local.EchoService(model_name="echo").process_request.local([echo_local.EchoIn(text="x")])
+    assert [type(o).__name__ for o in direct] == ["EchoOut"]
+
+    plain = ModalRuntime(echo_local.EchoService, ["echo"], observed=False)
+    remote = RemoteBatches(plain._objects["echo"])
+    monkeypatch.setattr(plain._objects["echo"], "process_request", remote)
+    assert asyncio.run(plain.submit("echo", echo_local.EchoIn(text="y"))).text == "y"
+    assert type(remote.received[0]).__name__ == "EchoIn" and plain.observe().pools["echo"].batch_sizes == {}
+
+
+def test_the_web_function_shows_its_batches_in_metrics_and_stats(
+    echo_local: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, _ = batched_runtime(echo_local, monkeypatch)
+    app = create_web_endpoints(echo_local.EchoService, echo_local.EchoIn, echo_local.EchoOut, runtime=runtime)
+    with TestClient(app) as client:
+        for text in ("cold", "warm"):
+            assert client.post("/predict", json={"text": text}).json()["text"] == text
+        metrics = client.get("/metrics").text
+        stats = client.get("/stats").json()
+
+    seen = {
+        (s.name, s.labels.get("model")): s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+    }
+    assert seen[("modalkit_batch_size_count", "echo")] == 2
+    assert seen[("modalkit_inference_seconds_count", "echo")] == 2
+    assert seen[("modalkit_queue_wait_seconds_count", "echo")] == 2
+    assert seen[("modalkit_cold_starts_total", "echo")] == 1 and seen[("modalkit_warm_starts_total", "echo")] == 1
+    assert seen[("modalkit_container_starts_total", "echo")] == 1
+    assert not any(name == "modalkit_containers" for name, _ in seen)  # only Modal knows its containers
+    assert (stats["invocations"], stats["cold_starts"], stats["warm_starts"], stats["batches"]) == (2, 1, 1, 2)

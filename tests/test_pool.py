@@ -114,6 +114,10 @@ class FakeContainer:
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.loaded = False
         self.threads: list[int] = []
+        self.sent: list[list[Any]] = []  # batches sent and not yet run
+        self.health_reason: str | None = None  # what the model's health() says
+        self.health_checks = 0
+        self.ran: list[list[Any]] = []
 
     async def start(self) -> None:
         await asyncio.sleep(0)
@@ -123,10 +127,26 @@ class FakeContainer:
             raise ContainerLoadFailed("RuntimeError: weights are missing")
         self.loaded = True
 
-    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
+    async def unhealthy(self) -> str | None:
+        self.health_checks += 1
+        return self.health_reason
+
+    async def send(self, items: list[Any], threads: int, trace_id: str | None = None) -> None:
+        if self.exited.done():
+            raise ContainerDied("its pipe failed")
+        self.sent.append(list(items))
         self.threads.append(threads)
+
+    async def receive(self) -> tuple[list[Any], tuple[int, int]]:
+        """Runs the oldest batch sent, as a worker runs them, one after another."""
+        items = self.sent.pop(0)
+        self.ran.append(items)
         if "slow" in items:
             await asyncio.sleep(0.15)
+        if "slow-die" in items:
+            await asyncio.sleep(0.15)
+            self.end(-9)
+            raise ContainerDied("killed by signal 9")
         if "hang" in items:
             await asyncio.sleep(3600)
         if "die" in items:
@@ -266,6 +286,87 @@ def test_a_container_that_dies_mid_batch_fails_it_as_a_crash_and_is_replaced(set
         assert await pool.submit("a") == "done:a"
 
     with_pool(settings, containers, scenario)
+
+
+def test_a_full_batch_is_sent_ahead_while_one_runs(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1)
+        running = pool.submit("slow")
+        await until(lambda: len(containers.made[0].ran) == 1)
+        queued = pool.submit("a")  # a full batch (max_batch_size 1): sent while "slow" runs
+        await until(lambda: containers.made[0].sent == [["a"]])
+        assert not running.done()
+        assert (await running, await queued) == ("done:slow", "done:a")
+
+    with_pool(dataclasses.replace(settings, min_containers=1, max_containers=1), containers, scenario)
+
+
+def test_a_batch_sent_ahead_to_a_container_that_dies_runs_on_its_replacement(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1)
+        dying = pool.submit("slow-die")
+        await until(lambda: len(containers.made[0].ran) == 1)
+        ahead = pool.submit("a")
+        await until(lambda: containers.made[0].sent == [["a"]])
+        assert failure(await dying).cause == "crash"
+        assert await ahead == "done:a"  # never ran on the dead container: requeued, not failed
+        assert containers.made[1].ran == [["a"]]
+
+    with_pool(dataclasses.replace(settings, min_containers=1, max_containers=1), containers, scenario)
+
+
+def test_a_partial_batch_keeps_filling_while_the_container_is_busy(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1)
+        running = pool.submit("slow")
+        await until(lambda: len(containers.made[0].ran) == 1)
+        first = pool.submit("a")  # one of two: not sent ahead, it waits for more while "slow" runs
+        await asyncio.sleep(0.05)
+        assert containers.made[0].sent == []
+        second = pool.submit("b")
+        await until(lambda: containers.made[0].sent == [["a", "b"]])
+        assert await running == "done:slow" and (await first, await second) == ("done:a", "done:b")
+
+    two = dataclasses.replace(settings, min_containers=1, max_containers=1, max_batch_size=2, wait_ms=10)
+    with_pool(two, containers, scenario)
+
+
+def test_readiness_follows_the_models_health_hook(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        await until(lambda: pool.stats.ready == 1 and containers.made[0].health_checks >= 1)
+        assert pool.not_ready() is None
+        containers.made[0].health_reason = "the GPU has no memory left"
+        await until(lambda: pool.not_ready() == f"model {MODEL!r}: the GPU has no memory left")
+        assert await pool.submit("a") == "done:a"  # readiness only: a container that says no still serves
+        containers.made[0].health_reason = None
+        await until(lambda: pool.not_ready() is None)
+        assert containers.made[0].sent == []
+
+    timings = dataclasses.replace(settings.timings, health_interval_s=0.02)
+    one = dataclasses.replace(settings, min_containers=1, max_containers=1, timings=timings)
+    with_pool(one, containers, scenario)
+
+
+def test_with_no_minimum_readiness_starts_a_container_and_stays_after_it_idles_out(settings: PoolSettings) -> None:
+    containers = FakeContainers()
+
+    async def scenario(pool: ContainerPool) -> None:
+        assert pool.stats.live == 0
+        assert pool.not_ready() == f"model {MODEL!r}: no container has loaded it yet"
+        await until(lambda: pool.stats.ready == 1)  # asking started one
+        assert pool.not_ready() is None
+        await until(lambda: pool.stats.live == 0)  # idled out (scaledown_window 0.2 s)
+        assert pool.not_ready() is None  # loaded before: the next request starts one, as on Modal
+
+    with_pool(dataclasses.replace(settings, min_containers=0), containers, scenario)
 
 
 def test_quick_crashes_are_replaced_after_a_growing_backoff(

@@ -326,6 +326,8 @@ class LocalConfig(Section):
     threads_per_container: int | None = Field(None, ge=1, le=256)
     # On SIGTERM: requests and running async batches get this long to finish; queued jobs stay stored.
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
+    # How often a ready container's `InferenceBase.health()` is asked (between batches), for `/readyz`.
+    health_check_interval_seconds: float = Field(10.0, gt=0, le=3600)
 
 
 class AuthConfig(Section):
@@ -338,6 +340,11 @@ class AuthConfig(Section):
     ssm_key: str | None = Field(None, min_length=1)
     header: str = Field("x-api-key", pattern=r"^[A-Za-z0-9-]+$")
     public_routes: list[str] = ["/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"]
+
+    @property
+    def open_routes(self) -> frozenset[str]:
+        """What callers reach without the key: `public_routes`, and always the probes (they show no detail)."""
+        return frozenset([*self.public_routes, "/livez", "/readyz"])
 
     @model_validator(mode="before")
     @classmethod
@@ -359,6 +366,21 @@ class AuthConfig(Section):
         return self
 
 
+class WebhookConfig(Section):
+    """Signed webhooks of async jobs (Standard Webhooks): off until `allowed_hosts` names a host."""
+
+    secret_env: str = Field("MODALKIT_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # holds "whsec_<base64>"
+    modal_secret: str | None = None  # a Modal secret that sets secret_env, attached to the service and web function
+    # Hosts a client may name in `webhook_url`: exact names, "*.example.com" (its subdomains), or "*" (any host).
+    allowed_hosts: list[str] = []
+    allow_private: bool = False  # let hosts resolve to loopback, private, link-local or reserved addresses
+    timeout_seconds: float = Field(10.0, gt=0, le=300)  # one POST, connecting included
+    max_attempts: int = Field(8, ge=1, le=100)
+    first_retry_seconds: float = Field(1.0, gt=0, le=3600)  # then doubled each time, up to max_retry_seconds
+    max_retry_seconds: float = Field(300.0, gt=0, le=86_400)
+    retry_window_seconds: float = Field(3600.0, gt=0, le=7 * 86_400)  # no try starts later after the job ended
+
+
 class AppSettings(Section):
     app_prefix: str = Field("modalkit-app", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     build_config: BuildConfig = Field(default_factory=BuildConfig)
@@ -366,6 +388,7 @@ class AppSettings(Section):
     batch_config: BatchConfig = Field(default_factory=BatchConfig)
     queue_config: QueueConfig = Field(default_factory=QueueConfig)
     auth_config: AuthConfig = Field(default_factory=AuthConfig)
+    webhook_config: WebhookConfig = Field(default_factory=WebhookConfig)
     local_config: LocalConfig = Field(default_factory=LocalConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)

@@ -148,8 +148,10 @@ def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if deploy.enable_memory_snapshot:
         kwargs["enable_memory_snapshot"] = True
-    if deploy.secrets:
-        kwargs["secrets"] = _modal_secrets(deploy.secrets)
+    webhook_secret = settings.app_settings.webhook_config.modal_secret  # the container signs its job's webhook
+    names = [*deploy.secrets, *([webhook_secret] if webhook_secret else [])]
+    if names:
+        kwargs["secrets"] = _modal_secrets(names)
     mounts = modal_volumes(deploy)
     if mounts:
         kwargs["volumes"] = mounts
@@ -159,7 +161,9 @@ def app_cls_settings(settings: ModalkitSettings) -> dict[str, Any]:
 def handler_settings(settings: ModalkitSettings) -> dict[str, Any]:
     deploy = settings.app_settings.deployment_config
     auth = settings.app_settings.auth_config
-    names = [*deploy.secrets, *([auth.api_key_secret] if auth.api_key_secret else [])]
+    webhook_secret = settings.app_settings.webhook_config.modal_secret
+    extra = [name for name in (auth.api_key_secret, webhook_secret) if name]
+    names = [*deploy.secrets, *extra]
     kwargs: dict[str, Any] = {"image": build_image(settings), "timeout": deploy.timeout}
     if names:
         kwargs["secrets"] = _modal_secrets(names)

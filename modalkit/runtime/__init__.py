@@ -39,7 +39,14 @@ class Runtime(Protocol):
         """
         ...
 
-    def ready(self) -> bool: ...
+    def ready(self) -> bool:
+        """`/health`'s answer (ModalKit's): no model is failing to load."""
+        ...
+
+    def not_ready(self) -> list[str]:
+        """`/readyz`'s: why the service cannot answer now, one reason per model that cannot; empty when it can."""
+        ...
+
     def health(self) -> dict[str, Any]: ...
     def observe(self) -> Observation:
         """Figures for /metrics and /stats."""
@@ -63,7 +70,8 @@ def select_runtime(
         from modalkit.app_loader import user_class
 
         found = modal.Cls.from_name(config.app_name, user_class(service).__name__)
-        return ModalRuntime(found, model_names, local=service)
+        # Plain items: nothing reads this runtime's figures, and an app deployed with another modalkit answers them.
+        return ModalRuntime(found, model_names, local=service, observed=False)
     from modalkit.runtime.local import LocalRuntime
 
     return LocalRuntime(service, config, model_names, input_model)

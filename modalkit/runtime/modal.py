@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from modalkit.exceptions import JobExpired, NotSupported
 from modalkit.jobs import AsyncRequest, Job, job_outcome
-from modalkit.observation import Observation
+from modalkit.observation import BatchTiming, Metered, Observation, PoolStats, Timed
 from modalkit.outcome import Failure
+
+_BATCHES_REMEMBERED = 4096  # batch keys kept to count each batch once: the items of one arrive close together
 
 
 class ModalRuntime:
-    def __init__(self, service: Any, model_names: list[str], function_call: Any = None, local: Any = None) -> None:
-        """`local`: the class as defined in app.py, when `service` is a deployed one (`modal.Cls.from_name`)."""
+    def __init__(
+        self,
+        service: Any,
+        model_names: list[str],
+        function_call: Any = None,
+        local: Any = None,
+        observed: bool = True,
+    ) -> None:
+        """`local`: the class as defined in app.py, when `service` is a deployed one (`modal.Cls.from_name`).
+
+        `observed`: send each item `Metered`, so that its result comes back with its batch's timing, which
+        `observe()` reports; off, items and results cross as they are (ModalKit's `sync_call`).
+        """
         import modal
 
         bound = with_config_concurrency(service, local if local is not None else service)
         self._objects = {name: bound(model_name=name) for name in model_names}
         self._function_call = function_call or modal.FunctionCall
         self._shape = service_shape(local if local is not None else service)
+        self._observed = observed
+        self._stats = {name: PoolStats() for name in model_names}
+        self._batches_seen: dict[tuple[str, int], None] = {}  # oldest first
 
     async def start(self) -> None:
         return None
@@ -32,10 +49,31 @@ class ModalRuntime:
         import modal.exception
 
         self._refuse_unless("batched", "/predict")
+        sent_ns, started = time.time_ns(), time.perf_counter()
         try:
-            return await self._objects[model_name].process_request.remote.aio(item)
+            answer = await self._objects[model_name].process_request.remote.aio(
+                Metered(item) if self._observed else item
+            )
         except modal.exception.Error as exc:
             return _unavailable(exc)
+        if not isinstance(answer, Timed):
+            return answer
+        self._record(model_name, answer.timing, sent_ns, time.perf_counter() - started)
+        return answer.value
+
+    def _record(self, model_name: str, timing: BatchTiming, sent_ns: int, latency: float) -> None:
+        """One item's answer: its batch counted once, whichever of its items comes back first; the item's wait
+        from its sending to its batch's start (two clocks, this one and the container's: clamped at 0)."""
+        stats = self._stats[model_name]
+        key = (timing.container, timing.number)
+        if key not in self._batches_seen:
+            self._batches_seen[key] = None
+            if len(self._batches_seen) > _BATCHES_REMEMBERED:
+                del self._batches_seen[next(iter(self._batches_seen))]
+            stats.batch_ran(timing.size, timing.cold, timing.seconds)
+            if timing.cold:  # a container's first batch: it started for it
+                stats.container_starts += 1
+        stats.items_answered(timing.cold, [latency], [max(0, timing.started_ns - sent_ns) / 1e9])
 
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:
         """The job id is the FunctionCall id; the container pushes the result to the request's queues."""
@@ -96,8 +134,13 @@ class ModalRuntime:
     def ready(self) -> bool:
         return True
 
+    def not_ready(self) -> list[str]:
+        """Nothing to wait for here: Modal routes an input only to a container that has loaded (`@modal.enter`)."""
+        return []
+
     def observe(self) -> Observation:
-        return Observation()  # batches run in Modal containers, which Modal itself observes
+        """The batches this web container's requests went into; Modal alone sees every container and queue."""
+        return Observation(pools=dict(self._stats), container_phases=False)
 
     def health(self) -> dict[str, Any]:
         return {"runtime": "modal", "models": {name: {} for name in self._objects}}

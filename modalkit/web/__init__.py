@@ -24,7 +24,7 @@ from modalkit.web.errors import add_error_handlers
 from modalkit.web.metrics import Metrics
 from modalkit.web.middleware import add_middleware
 from modalkit.web.openai_routes import OPENAI_BODY_PATHS, add_openai_routes
-from modalkit.web.openapi import document_input
+from modalkit.web.openapi import document_api
 from modalkit.web.ops_routes import add_ops_routes
 from modalkit.web.predict_routes import PREDICT_PATHS, add_predict_routes
 from modalkit.web.served import Served, served_by
@@ -69,7 +69,7 @@ def create_web_endpoints(
         add_async_routes(app, served)
     add_openai_routes(app, served, metrics)
     add_ops_routes(app, served, metrics, details_need_key=api_key is not None)
-    document_input(app, input_model)
+    document_api(app, input_model, served.settings.auth_config if api_key is not None else None)
     return app
 
 

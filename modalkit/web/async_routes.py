@@ -2,6 +2,8 @@
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 
+import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,26 +15,35 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from modalkit.config.schema import WebhookConfig
+from modalkit.exceptions import ConfigError, WebhookFailed, WebhookNotAllowed
 from modalkit.jobs import AsyncRequest, Job
 from modalkit.sinks import queue_allowed
 from modalkit.web.body import errors_at, parse_async, parse_json
-from modalkit.web.openapi import input_ref, openapi_body
+from modalkit.web.openapi import body_errors, error_responses, input_ref, openapi_body
 from modalkit.web.predict_routes import json_body
 from modalkit.web.served import Served
 from modalkit.web.uploads import is_upload, read_upload
+from modalkit.webhooks import check_url, secret_key
+
+logger = logging.getLogger("modalkit.web")
 
 # ModalKit sends "" for "no queue"; SQS queue URLs (https://...) are names too.
 QUEUE_NAME = Field(None, max_length=1024, pattern=r"^$|^[A-Za-z0-9._:/-]+$")
 _QUEUE_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,1024}")
-ENVELOPE_KEYS = frozenset({"message", "success_queue", "failure_queue", "meta"})
+ENVELOPE_KEYS = frozenset({"message", "success_queue", "failure_queue", "meta", "webhook_url"})
+WEBHOOK_URL = Field(None, max_length=2048)
 
 
-ASYNC_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "`meta` is larger than limits.max_meta_bytes"},
-    422: {"description": "invalid input, or a queue not in queue_config.allowed_queues; detail[].loc says"},
-    429: {"description": "too many pending jobs; retry after Retry-After seconds"},
-    507: {"description": "the job store is at its budget; Retry-After: when the next result expires"},
+# What the job routes' error statuses mean here; the other statuses mean what they mean everywhere.
+SUBMIT_SAID = {
+    413: "the body is larger than limits.max_body_bytes, or `meta` than limits.max_meta_bytes",
+    422: "invalid input, a queue not in queue_config.allowed_queues, or a webhook_url webhook_config does not allow;"
+    " detail[].loc says",
+    503: "limits.max_queued_requests requests already wait, the job store cannot take the job, or a webhook_url is"
+    " named and the server has no webhook secret",
 }
+JOB_SAID = {404: "unknown job: never accepted, or its result has expired", 410: "the job's result has expired"}
 
 
 class AsyncAccepted(BaseModel):
@@ -61,7 +72,7 @@ def add_async_routes(app: FastAPI, served: Served) -> None:
         status_code=202,
         response_model=AsyncAccepted,
         openapi_extra=openapi_body(served, {"anyOf": [input_ref(input_model), envelope_schema]}),
-        responses=ASYNC_ERRORS,
+        responses=body_errors(served, (429, 507), SUBMIT_SAID),
         max_body_size=served.max_body_bytes,
     )
     async def predict_async(request: Request) -> AsyncAccepted:
@@ -71,13 +82,17 @@ def add_async_routes(app: FastAPI, served: Served) -> None:
             job = uploaded_job(item, envelope_parts, rules)
         else:
             job = await parse_async(await json_body(request, served), settings.limits, read)
+        await check_webhook(job, settings.webhook_config)
         job_id = await served.runtime.spawn(model_name, job)  # refusals: modalkit.web.errors.STATUS_OF_ERROR
         return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
 
     @app.get(
         "/predict_async/{job_id}",
         response_model=Job,
-        responses={202: {"model": Job, "description": "queued or running"}, 404: {}, 410: {}},
+        responses={
+            **error_responses((404, 410), said=JOB_SAID),
+            202: {"model": Job, "description": "queued or running"},
+        },
     )
     async def job_status(job_id: str) -> JSONResponse:
         job = await served.runtime.job(job_id)
@@ -95,6 +110,7 @@ def envelope_model(input_model: type[BaseModel]) -> type[BaseModel]:
         success_queue=(str | None, QUEUE_NAME),
         failure_queue=(str | None, QUEUE_NAME),
         meta=(dict[str, Any] | None, None),
+        webhook_url=(str | None, WEBHOOK_URL),
     )
 
 
@@ -111,7 +127,7 @@ def uploaded_job(item: BaseModel, parts: dict[str, str], rules: JobRules) -> Asy
             raise HTTPException(422, [problem])
     job = AsyncRequest(item, queues["success_queue"], queues["failure_queue"], meta or None)
     check_queues(job, rules.allowed_queues)
-    return job
+    return job.with_webhook(parts.get("webhook_url") or None)
 
 
 def read_job(envelope: type[BaseModel], input_model: type[BaseModel], rules: JobRules, raw: bytes) -> AsyncRequest:
@@ -151,6 +167,23 @@ def check_queues(job: AsyncRequest, allowed: Sequence[str]) -> None:
     ]
     if problems:
         raise HTTPException(422, problems)
+
+
+async def check_webhook(job: AsyncRequest, config: WebhookConfig) -> None:
+    """A client names the URL its finished job is POSTed to: only a host `webhook_config` allows, resolving to a
+    public address unless `allow_private` (no SSRF). The delivery checks again before every try."""
+    if job.webhook_url is None:
+        return
+    try:
+        await asyncio.to_thread(check_url, job.webhook_url, config)  # it resolves the host
+    except (WebhookNotAllowed, WebhookFailed) as exc:
+        problem = {"type": "webhook_not_allowed", "loc": ["body", "webhook_url"], "msg": str(exc)}
+        raise HTTPException(422, [problem]) from None
+    try:
+        secret_key(config)
+    except ConfigError as exc:  # the server's fault, not the client's: say so rather than fail the webhook later
+        logger.error("a job names a webhook, but %s", exc)
+        raise HTTPException(503, "webhooks cannot be signed: the server has no webhook secret") from None
 
 
 def looks_enveloped(body: Any) -> bool:

@@ -47,7 +47,7 @@ class ApiKeyAuth:
     A request with the right key is marked `authenticated`, on public routes too: `/health` shows more to it.
     """
 
-    def __init__(self, app: ASGIApp, key: str, header: str, public_routes: list[str]) -> None:
+    def __init__(self, app: ASGIApp, key: str, header: str, public_routes: frozenset[str]) -> None:
         self.app = app
         self._key = key.encode()
         self._header = header.lower().encode()

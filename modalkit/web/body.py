@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modalkit.config.schema import LimitsConfig
 from modalkit.web.errors import error_body
+from modalkit.web.request_ids import request_id
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ async def send_error(
     scope: Scope, send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
     """An error answer sent straight from ASGI middleware, before any route runs (`errors.error_body`'s shape)."""
-    body = json.dumps(error_body(scope["path"], status, detail)).encode()
+    body = json.dumps(error_body(scope["path"], status, detail, request_id(scope))).encode()
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -19,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from modalkit.exceptions import JobExpired, ModalkitError, QueueFull, ServiceUnavailable, StoreFull
 from modalkit.outcome import Failure, http_status
+from modalkit.web.request_ids import id_headers, request_id
 
 logger = logging.getLogger("modalkit.web")
 
@@ -36,13 +38,20 @@ _OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate
 _OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded", 413: "request_too_large"}
 
 
-def error_body(path: str, status: int, detail: Any) -> dict[str, Any]:
-    """The body of an error answer: `{"detail": ...}` (FastAPI's shape), or on the OpenAI-compatible routes
-    OpenAI's `{"error": {"message", "type", "code"}}`, so the `openai` package raises its own error classes."""
+def error_body(path: str, status: int, detail: Any, request_id: str | None) -> dict[str, Any]:
+    """The body of an error answer: `{"detail": ..., "request_id": ...}` (FastAPI's shape), or on the
+    OpenAI-compatible routes OpenAI's `{"error": {"message", "type", "code", "request_id"}}`, so the `openai`
+    package raises its own error classes. `openapi.ErrorBody` and `openapi.OpenAIErrorBody` document both."""
     if not path.startswith(OPENAI_PREFIX):
-        return {"detail": detail}
+        return {"detail": detail, "request_id": request_id}
     kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": _message(detail), "type": kind, "code": _OPENAI_CODES.get(status)}}
+    code = _OPENAI_CODES.get(status)
+    return {"error": {"message": _message(detail), "type": kind, "code": code, "request_id": request_id}}
+
+
+def error_answer(request: Request, status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    body = error_body(request.url.path, status, detail, request_id(request.scope))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _message(detail: Any) -> str:
@@ -73,18 +82,17 @@ async def refusal_answer(request: Request, exc: ModalkitError) -> JSONResponse:
     status = next(code for kind, code in STATUS_OF_ERROR.items() if isinstance(exc, kind))
     retry_after = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
-    return JSONResponse(error_body(request.url.path, status, str(exc)), status_code=status, headers=headers)
+    return error_answer(request, status, str(exc), headers)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
-    body = error_body(request.url.path, exc.status_code, exc.detail)
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return error_answer(request, exc.status_code, exc.detail, exc.headers)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(error_body(request.url.path, 422, jsonable_encoder(exc.errors())), status_code=422)
+    return error_answer(request, 422, jsonable_encoder(exc.errors()))
 
 
 async def client_left(request: Request, exc: Exception) -> Response:
@@ -92,7 +100,9 @@ async def client_left(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # The stack trace goes to the log (with the trace id), never into the response.
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = error_body(request.url.path, 500, "internal server error; the server log has the details")
-    return JSONResponse(body, status_code=500)
+    # The stack trace goes to the log (with the trace and request ids), never into the response. Starlette runs
+    # this handler outside every middleware of the app, so the request-id headers are added here.
+    given = request_id(request.scope)
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, extra={"request_id": given})
+    detail = "internal server error; the server log has the details (find them by this request_id)"
+    return error_answer(request, 500, detail, id_headers(request.scope))

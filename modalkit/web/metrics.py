@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -18,9 +19,8 @@ from prometheus_client.registry import Collector
 from modalkit.config.pricing import DEFAULT_CPU_CORES, DEFAULT_MEMORY_MIB, PRICES_TAKEN_ON
 from modalkit.config.schema import AppSettings
 from modalkit.jobs import JobState
-from modalkit.observation import Observation
+from modalkit.observation import TIME_BUCKETS, Histogram, Observation, Phase
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
@@ -35,15 +35,18 @@ class Metrics:
             "modalkit_request_duration_seconds",
             "HTTP request latency",
             ["route"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=TIME_BUCKETS,
             registry=self.registry,
         )
         self.first_chunk = PromHistogram(
             "modalkit_stream_first_chunk_seconds",
             "time from a stream's request to its first chunk",
             ["route"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=TIME_BUCKETS,
             registry=self.registry,
+        )
+        self.in_flight = PromGauge(
+            "modalkit_requests_in_flight", "HTTP requests being answered, by route", ["route"], registry=self.registry
         )
         self.chunks = PromCounter("modalkit_stream_chunks", "chunks sent by streams", ["route"], registry=self.registry)
         self.streams = PromCounter(
@@ -68,7 +71,7 @@ class _RuntimeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         seen = self._observe()
-        return [*_pool_metrics(seen), *_queue_metrics(seen)]
+        return [*_pool_metrics(seen), *_time_metrics(seen), *_container_metrics(seen), *_queue_metrics(seen)]
 
 
 def _pool_metrics(seen: Observation) -> list[Metric]:
@@ -91,6 +94,42 @@ def _pool_metrics(seen: Observation) -> list[Metric]:
         cold.add_metric([name], stats.requests["cold"])
         warm.add_metric([name], stats.requests["warm"])
     return [batch, starts, restarts, cold, warm]
+
+
+def _time_metrics(seen: Observation) -> list[Metric]:
+    model = ["model"]
+    inference = HistogramMetricFamily(
+        "modalkit_inference_seconds", "time a container took to run a batch, as it measured it", labels=model
+    )
+    wait = HistogramMetricFamily(
+        "modalkit_queue_wait_seconds", "time an item waited from its arrival until its batch was sent", labels=model
+    )
+    for name, stats in seen.pools.items():
+        inference.add_metric([name], _cumulative(stats.inference_seconds), stats.inference_seconds.total)
+        wait.add_metric([name], _cumulative(stats.queue_wait), stats.queue_wait.total)
+    return [inference, wait]
+
+
+def _cumulative(histogram: Histogram) -> list[tuple[str, float]]:
+    """Prometheus's buckets: each counts the values up to its bound, "+Inf" all of them."""
+    running, buckets = 0, []
+    for bound, n in zip([*map(str, histogram.bounds), "+Inf"], histogram.counts, strict=True):
+        running += n
+        buckets.append((bound, float(running)))
+    return buckets
+
+
+def _container_metrics(seen: Observation) -> list[Metric]:
+    if not seen.container_phases:
+        return []  # on Modal, only Modal knows its containers
+    phases = GaugeMetricFamily(
+        "modalkit_containers", "container lives by phase: starting, idle, busy, leaving", labels=["model", "phase"]
+    )
+    for name, stats in seen.pools.items():
+        counted = stats.phases()
+        for phase in get_args(Phase):
+            phases.add_metric([name, phase], counted[phase])
+    return [phases]
 
 
 def _queue_metrics(seen: Observation) -> list[Metric]:

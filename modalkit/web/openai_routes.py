@@ -35,6 +35,7 @@ from modalkit.web.openai_models import (
     chunk_text,
     generation_input,
 )
+from modalkit.web.openapi import body_errors, error_responses
 from modalkit.web.predict_routes import answered, submit_all
 from modalkit.web.served import Served
 from modalkit.web.streams import SSE_HEADERS, open_stream
@@ -46,21 +47,25 @@ Generation = type[ChatRequest | CompletionRequest]
 
 
 def add_openai_routes(app: FastAPI, served: Served, metrics: Metrics) -> None:
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=error_responses((), openai=True))
     async def list_models() -> dict[str, Any]:
         """The model entries, as OpenAI's model list."""
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "modalkit"} for name in served.model_names]
         return {"object": "list", "data": data}
 
+    errors = body_errors(served, openai=True)
     if served.streaming:
         for path, kind in (("/v1/chat/completions", ChatRequest), ("/v1/completions", CompletionRequest)):
             generate = partial(_generate, served, metrics, kind)
-            app.add_api_route(path, generate, methods=["POST"], openapi_extra=_body_doc(kind), name=path[4:])
+            app.add_api_route(
+                path, generate, methods=["POST"], openapi_extra=_body_doc(kind), name=path[4:], responses=errors
+            )
         return
     fields = EmbeddingFields.of(served.input_model, served.output_model)
     if fields is not None:
         embed = partial(_embed, served, fields)
-        app.add_api_route("/v1/embeddings", embed, methods=["POST"], openapi_extra=_body_doc(EmbeddingsRequest))
+        doc = _body_doc(EmbeddingsRequest)
+        app.add_api_route("/v1/embeddings", embed, methods=["POST"], openapi_extra=doc, responses=errors)
 
 
 async def _embed(served: Served, fields: EmbeddingFields, request: Request) -> Response:

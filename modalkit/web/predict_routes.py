@@ -22,7 +22,7 @@ from modalkit.outcome import Failure, encode, failure_body
 from modalkit.runtime import Runtime
 from modalkit.web.body import parse_async, parse_input_async, parse_inputs
 from modalkit.web.errors import failure_exception
-from modalkit.web.openapi import BODY_ERRORS, input_ref, openapi_body
+from modalkit.web.openapi import body_errors, input_ref, openapi_body
 from modalkit.web.served import Served
 from modalkit.web.uploads import is_upload, read_upload, read_upload_batch, refuse_oversized
 
@@ -71,7 +71,7 @@ def add_predict_routes(app: FastAPI, served: Served) -> None:
         return Response(b"[" + b",".join(answers) + b"]", media_type="application/json")
 
     single = input_ref(served.input_model)
-    invalid: dict[int | str, dict[str, Any]] = {422: {"description": "invalid input; detail[].loc names the field"}}
+    batch_said = {422: "the body is not a JSON array (an invalid item stands in the answer as its 422)"}
     for path in PREDICT_PATHS:
         app.add_api_route(
             path,
@@ -80,7 +80,7 @@ def add_predict_routes(app: FastAPI, served: Served) -> None:
             response_model=served.output_model,
             name=path[1:],
             openapi_extra=openapi_body(served, single),
-            responses={**BODY_ERRORS, **invalid},
+            responses=body_errors(served),
             max_body_size=served.max_body_bytes,
         )
     app.add_api_route(
@@ -89,7 +89,7 @@ def add_predict_routes(app: FastAPI, served: Served) -> None:
         methods=["POST"],
         response_model=list[served.output_model | BatchItemError],  # type: ignore[name-defined]
         openapi_extra=openapi_body(served, {"type": "array", "items": single}, batch=True),
-        responses=BODY_ERRORS,
+        responses=body_errors(served, said=batch_said),
         max_body_size=served.max_body_bytes,
     )
 

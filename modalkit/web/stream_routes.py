@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from modalkit.outcome import Failure, encode
 from modalkit.web.body import parse_input_async
 from modalkit.web.metrics import Metrics
-from modalkit.web.openapi import BODY_ERRORS, input_ref, openapi_body
+from modalkit.web.openapi import body_errors, input_ref, openapi_body
 from modalkit.web.served import Served
 from modalkit.web.streams import SSE_HEADERS, failure_event, open_stream, sse_event
 
@@ -39,8 +39,7 @@ def add_stream_routes(app: FastAPI, served: Served, metrics: Metrics) -> None:
         openapi_extra=openapi_body(served, input_ref(served.input_model)),
         responses={
             200: {"content": {"text/event-stream": {"schema": chunk_schema}}, "description": "the chunks"},
-            **BODY_ERRORS,
-            422: {"description": "invalid input; detail[].loc names the field"},
+            **body_errors(served),
         },
     )
 

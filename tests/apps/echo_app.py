@@ -1,5 +1,6 @@
 """A test service whose inputs script its behaviour: echo, fail one item, raise a CUDA error, or sleep."""
 
+import logging
 import os
 import time
 
@@ -30,9 +31,18 @@ class Echo(InferenceBase):
         if os.environ.get("ECHO_FAIL_LOAD"):
             raise RuntimeError("weights are missing")
 
+    def health(self) -> bool | str:
+        sick = os.environ.get("ECHO_SICK_FILE")  # a test makes the model unhealthy by writing a reason there
+        if sick and os.path.exists(sick):
+            with open(sick) as f:
+                return f.read().strip() or False
+        return True
+
     def predict(self, inputs: list[EchoIn]) -> list[EchoOut]:
         outputs = []
         for item in inputs:
+            if item.text.startswith("log:"):
+                logging.getLogger("echo").info("echoing %s", item.text.removeprefix("log:"))
             if item.text == "cuda":
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
             if item.text == "bad":

@@ -8,10 +8,11 @@ import pytest
 from modalkit.config.schema import AuthConfig
 from modalkit.exceptions import ConfigError
 from modalkit.web.auth import resolve_api_key
-from tests.conftest import APPS, Server
+from tests.conftest import APPS, Server, wait_for
 
 KEY = "k-3f9a0c1e5b7d"
 PUBLIC = {"/health", "/docs", "/openapi.json"}
+PROBES = {"/livez", "/readyz"}  # open whatever public_routes says
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def routes(server: Server) -> list[tuple[str, str]]:
 
 
 def test_every_private_route_needs_the_key(server: Server) -> None:
-    private = [(m, p) for m, p in routes(server) if p not in PUBLIC]
+    private = [(m, p) for m, p in routes(server) if p not in PUBLIC | PROBES]
     assert {p for _, p in private} >= {
         "/predict",
         "/predict_sync",
@@ -57,6 +58,12 @@ def test_every_private_route_needs_the_key(server: Server) -> None:
 def test_public_routes_need_no_key(server: Server) -> None:
     for path in PUBLIC:
         assert httpx.get(server.url + path, timeout=10).status_code == 200, path
+
+
+def test_the_probes_need_no_key_and_show_no_detail_without_it(server: Server) -> None:
+    assert httpx.get(server.url + "/livez", timeout=10).json() == {"status": "alive"}
+    readyz = wait_for(lambda: httpx.get(server.url + "/readyz", timeout=10), timeout=60)
+    assert readyz.status_code in (200, 503) and set(readyz.json()) == {"status"}
 
 
 def test_a_key_that_is_configured_but_missing_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,3 +88,35 @@ def test_serve_binds_loopback_unless_told() -> None:
 
     host = next(p for p in serve.params if p.name == "host")
     assert host.default == "127.0.0.1"
+
+
+def test_the_key_is_taken_as_a_bearer_token_and_a_wrong_one_is_refused(server: Server) -> None:
+    def predict(authorization: str) -> httpx.Response:
+        headers = {"authorization": authorization, "x-request-id": "auth-check-1"}
+        return httpx.post(f"{server.url}/predict", json={"text": "a"}, headers=headers, timeout=30)
+
+    assert predict(f"Bearer {KEY}").status_code == 200
+    assert predict(f"bearer {KEY}").status_code == 200  # the scheme is case-insensitive
+    for wrong, detail in (("Bearer wrong-key", "invalid API key"), (f"Bearer {KEY}x", "invalid API key")):
+        refused = predict(wrong)
+        assert refused.status_code == 401 and refused.json() == {"detail": detail, "request_id": "auth-check-1"}
+        assert refused.headers["x-request-id"] == "auth-check-1" and refused.headers["traceparent"].startswith("00-")
+    basic = predict(f"Basic {KEY}")
+    assert basic.status_code == 401 and basic.json()["detail"].startswith("missing API key")
+
+
+def test_openapi_declares_the_key_in_its_header_and_as_a_bearer_token(server: Server) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["x-api-key"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer") and len(schemes) == 2
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if path in PUBLIC | {"/livez", "/readyz"}:  # the probes are open whatever public_routes says
+                assert "security" not in operation, (method, path)
+                continue
+            assert operation["security"] == [{"x-api-key": []}, {"bearer": []}], (method, path)
+            body = operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
+            assert body.endswith("OpenAIErrorBody" if path.startswith("/v1/") else "/ErrorBody"), (method, path)
+    docs = httpx.get(f"{server.url}/docs", timeout=10)
+    assert docs.status_code == 200 and "/openapi.json" in docs.text  # Swagger UI, whose Authorize uses the schemes

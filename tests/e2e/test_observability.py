@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from modalkit.cli import main
-from tests.conftest import APPS, Server, wait_for
+from tests.conftest import APPS, ROOT, Server, wait_for
 
 ECHO, ECHO_CONFIG = APPS / "echo_app.py", APPS / "echo.yaml"
 
@@ -74,6 +75,11 @@ def test_metrics_parse_and_match_the_requests_sent(serve) -> None:
     assert seen[("modalkit_request_duration_seconds_count", label(route="/predict"))] == 7
     assert seen[("modalkit_batch_size_count", label(model="echo"))] == 6  # the 422 never reached a batch
     assert seen[("modalkit_batch_size_sum", label(model="echo"))] == 6
+    assert seen[("modalkit_inference_seconds_count", label(model="echo"))] == 6
+    assert seen[("modalkit_queue_wait_seconds_count", label(model="echo"))] == 6
+    assert seen[("modalkit_requests_in_flight", label(route="/predict"))] == 0
+    ready = [seen[("modalkit_containers", label(model="echo", phase=phase))] for phase in ("idle", "busy")]
+    assert sum(ready) == 1  # the replacement
     assert seen[("modalkit_container_restarts_total", label(model="echo", cause="cuda"))] == 1
     assert seen[("modalkit_container_starts_total", label(model="echo"))] == 2
     assert seen[("modalkit_queue_depth", label(model="echo"))] == 0
@@ -107,3 +113,48 @@ def test_logs_are_json_lines_with_the_trace_id(serve) -> None:
     assert lines and all("trace_id" in line for line in lines)
     failed = [line for line in lines if line["logger"] == "modalkit.web"]
     assert failed and failed[0]["trace_id"] and len(failed[0]["trace_id"]) == 32
+
+
+# A sample's suffix -> the family types it may belong to (`modalkit_batch_size_bucket` is a histogram's).
+_SUFFIXES = {"_bucket": ("histogram",), "_sum": ("histogram",), "_count": ("histogram",), "_total": ("counter",)}
+
+
+def dashboard_metric_names() -> set[str]:
+    """Every metric name in the PromQL of docs/grafana-dashboard.json: its panels and its template variables."""
+    dashboard = json.loads((ROOT / "docs/grafana-dashboard.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    queries += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
+    return {name for query in queries for name in re.findall(r"\bmodalkit_[a-z_]+", query)}
+
+
+def family_of(name: str, types: dict[str, str]) -> str:
+    """The family a sample name belongs to: a suffix is stripped only when the rest is a family of its type."""
+    for suffix, allowed in _SUFFIXES.items():
+        base = name.removesuffix(suffix)
+        if base != name and types.get(base) in allowed:
+            return base
+    return name
+
+
+def test_every_metric_of_the_grafana_dashboard_is_served(serve) -> None:
+    server = serve(ECHO, ECHO_CONFIG)
+    assert predict(server, "one request, so labelled series exist").status_code == 200
+    families = list(text_string_to_metric_families(httpx.get(f"{server.url}/metrics", timeout=10).text))
+    types = {family.name: family.type for family in families}
+    sample_names = {sample.name for family in families for sample in family.samples}
+
+    used = dashboard_metric_names()
+    assert {family_of(name, types) for name in used} >= {
+        "modalkit_requests",
+        "modalkit_request_duration_seconds",
+        "modalkit_requests_in_flight",
+        "modalkit_batch_size",
+        "modalkit_inference_seconds",
+        "modalkit_queue_wait_seconds",
+        "modalkit_containers",
+        "modalkit_cold_starts",
+        "modalkit_jobs",
+    }
+    for name in used:
+        assert family_of(name, types) in types, f"{name}: no such metric in /metrics"
+        assert name in sample_names, f"{name}: /metrics has no such series (a histogram needs _bucket, _sum or _count)"

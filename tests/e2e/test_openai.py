@@ -61,6 +61,7 @@ def test_a_wrong_key_gets_openai_401(minilm: Server) -> None:
         "message": "invalid API key",
         "type": "authentication_error",
         "code": "invalid_api_key",
+        "request_id": refused.value.request_id,
     }
     with pytest.raises(openai.NotFoundError):
         client(minilm).embeddings.create(model="text-embedding-3-small", input="hello")

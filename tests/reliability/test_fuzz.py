@@ -13,7 +13,7 @@ from tests.conftest import APPS
 
 KEY = "fuzz-key-7f3c"
 EXAMPLES = 30
-PUBLIC = ("/health", "/docs", "/openapi.json")
+PUBLIC = ("/health", "/docs", "/openapi.json", "/livez", "/readyz")  # the probes are always open
 
 
 def check(case: Any) -> int:
@@ -23,9 +23,12 @@ def check(case: Any) -> int:
         if response.status_code >= 400:
             body = response.json()
             if case.path.startswith("/v1/"):  # OpenAI's shape, so the `openai` package raises its own errors
-                assert isinstance(body, dict) and set(body["error"]) == {"message", "type", "code"}, (case.path, body)
+                assert isinstance(body, dict) and set(body["error"]) == {"message", "type", "code", "request_id"}, (
+                    case.path,
+                    body,
+                )
             else:
-                assert isinstance(body, dict) and "detail" in body, (case.path, body)
+                assert isinstance(body, dict) and "detail" in body and body["request_id"], (case.path, body)
         if not headers and case.path not in PUBLIC:
             assert response.status_code == 401, (case.method, case.path, response.status_code)
     return 2

@@ -20,6 +20,7 @@ class Pending:
     arrival: float = field(default=0.0)
     solo: bool = False  # runs in a batch of its own (a job suspected of crashing its last container)
     trace: SpanContext | None = None  # the request's span, parent of the batch span
+    background: bool = False  # an async job's item: queued behind requests
 
 
 class Batcher:
@@ -29,6 +30,8 @@ class Batcher:
     as `@modal.batched` does. Items queued while every container is busy make the next batch larger.
     Requests go before async jobs (`background`), which fill whatever room a batch has left.
     At most `max_queued` requests wait; a request whose future is cancelled (its client left) never runs.
+    A busy container may take a full batch ahead (`next_full_batch`), so that it runs as soon as the one before
+    ends, but only while no free container waits for it.
     """
 
     def __init__(self, max_batch_size: int, wait_ms: int, max_queued: int | None = None) -> None:
@@ -38,6 +41,7 @@ class Batcher:
         self._requests: deque[Pending] = deque()
         self._jobs: deque[Pending] = deque()
         self._waiters: list[asyncio.Future[bool]] = []  # one per container waiting for items
+        self._free_waiting = 0  # free containers waiting in `next_batch`: they go before a batch taken ahead
 
     def __len__(self) -> int:
         return len(self._requests) + len(self._jobs)
@@ -60,25 +64,51 @@ class Batcher:
                 )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        (self._jobs if background else self._requests).append(Pending(item, future, loop.time(), solo, trace))
+        pending = Pending(item, future, loop.time(), solo, trace, background)
+        (self._jobs if background else self._requests).append(pending)
+        self._wake()
+        return future
+
+    def requeue(self, batch: list[Pending]) -> None:
+        """Put a batch that never ran back at the head of the queue, in its order (its container went)."""
+        for pending in reversed(batch):
+            (self._jobs if pending.background else self._requests).appendleft(pending)
+        self._wake()
+
+    def _wake(self) -> None:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(True)
-        return future
 
     async def next_batch(self, idle_timeout: float | None = None) -> list[Pending]:
         """The next batch; an empty list if nothing arrived within `idle_timeout` seconds."""
         loop = asyncio.get_running_loop()
+        self._free_waiting += 1
+        try:
+            while True:
+                if not len(self) and not await self._arrival(idle_timeout):
+                    return []
+                while (first := self._first()) and len(self) < self.max_batch_size and not self._solo_next():
+                    remaining = first.arrival + self.wait_s - loop.time()
+                    if remaining <= 0 or not await self._arrival(remaining):
+                        break
+                batch = self._take()
+                if batch:
+                    return batch
+        finally:
+            self._free_waiting -= 1
+            if len(self) >= self.max_batch_size:
+                self._wake()  # a busy container may take the full batch left behind
+
+    async def next_full_batch(self) -> list[Pending]:
+        """A full batch, for a busy container to run next, once `max_batch_size` items wait and no free container
+        waits for them (a partial batch keeps filling while every container is busy, as it would on Modal)."""
         while True:
-            if not len(self) and not await self._arrival(idle_timeout):
-                return []
-            while (first := self._first()) and len(self) < self.max_batch_size and not self._solo_next():
-                remaining = first.arrival + self.wait_s - loop.time()
-                if remaining <= 0 or not await self._arrival(remaining):
-                    break
-            batch = self._take()
-            if batch:
-                return batch
+            if not self._free_waiting and len(self) >= self.max_batch_size and not self._solo_next():
+                batch = self._take()
+                if batch:
+                    return batch
+            await self._arrival(None)
 
     def _drop_cancelled(self) -> None:
         """Forget the requests whose clients left; only when the queue is full, so submit stays O(1)."""

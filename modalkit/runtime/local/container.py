@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sys
 from asyncio.subprocess import PIPE
@@ -16,6 +17,7 @@ from modalkit.runtime.local import frames
 
 T = TypeVar("T")
 
+_PIPE_BYTES = 1 << 20
 EXIT_WAIT_S = 2.0  # after a pipe error, how long the process may take to exit before it is killed
 
 
@@ -47,6 +49,8 @@ class Container:
         except Exception as exc:  # out of file descriptors or memory, interpreter gone: not the model's fault
             raise ContainerLoadFailed(f"the container process could not start: {type(exc).__name__}: {exc}") from None
         self._exit = asyncio.ensure_future(self._proc.wait())
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            _widen(pipe)
         try:
             kind, info = await self._read()
         except ContainerDied as exc:
@@ -59,10 +63,26 @@ class Container:
         worker = "modalkit.runtime.local.worker"
         return (sys.executable, "-m", worker, self.ref.app_path, self.ref.attribute, self.model_name)
 
-    async def run(self, items: list[Any], threads: int) -> tuple[list[Any], tuple[int, int]]:
-        """Send one batch; its results and when inference started and ended (ns). `ContainerDied` if it goes."""
-        data = frames.encode(("batch", items, threads))
-        _, results, inference_ns = await self._until_exit(self._exchange(data))
+    async def send(self, items: list[Any], threads: int, trace_id: str | None = None) -> None:
+        """Send one batch, to run after those sent before it; `ContainerDied` if the container goes. Lines the
+        model logs while it runs carry `trace_id`."""
+        await self._send_frame(("batch", items, threads, trace_id))
+
+    async def unhealthy(self) -> str | None:
+        """Ask the model's `health()`, with no batch in flight: None when it can serve, else why not."""
+        await self._send_frame(("health",))
+        _, reason = await self._read()
+        return str(reason) if reason is not None else None
+
+    async def _send_frame(self, message: Any) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(frames.encode(message))
+        await self._until_exit(self._proc.stdin.drain())
+
+    async def receive(self) -> tuple[list[Any], tuple[int, int]]:
+        """The results of the oldest batch sent and not yet answered, and when its inference started and ended
+        (ns); `ContainerDied` if the container goes first."""
+        _, results, inference_ns = await self._read()
         return results, inference_ns
 
     def kill(self) -> None:
@@ -87,12 +107,6 @@ class Container:
             proc.kill()
             await proc.wait()
 
-    async def _exchange(self, data: bytes) -> Any:
-        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(data)
-        await self._proc.stdin.drain()
-        return await frames.read_async(self._proc.stdout)
-
     async def _read(self) -> Any:
         assert self._proc is not None and self._proc.stdout is not None
         return await self._until_exit(frames.read_async(self._proc.stdout))
@@ -116,6 +130,16 @@ class Container:
             await self.exited
             raise ContainerDied(f"its pipe failed ({type(error).__name__}: {error}); killed") from None
         raise ContainerDied(exit_reason(self.exited.result())) from None
+
+
+def _widen(stream: asyncio.StreamWriter | asyncio.StreamReader | None) -> None:
+    """Grow a pipe to 1 MiB (Linux; 64 KiB by default): a batch of images then crosses in a few writes rather
+    than a hundred turns of the event loop. Where the system refuses, the pipe stays as it was."""
+    transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
 
 
 def exit_reason(code: int) -> str:

@@ -16,7 +16,7 @@ from opentelemetry.util.types import AttributeValue
 from pydantic import BaseModel, ValidationError
 
 from modalkit import telemetry
-from modalkit.config.schema import QueueConfig
+from modalkit.config.schema import QueueConfig, WebhookConfig
 from modalkit.exceptions import QueueFull, ServiceUnavailable, StoreFull
 from modalkit.files import file_fields
 from modalkit.jobs import AsyncRequest, job_outcome, new_job_id
@@ -41,6 +41,7 @@ class JobDispatcher:
         config: QueueConfig,
         sink: ResultSink,
         max_in_flight: int,
+        webhooks: WebhookConfig | None = None,
     ) -> None:
         self.store = store
         self._pools = pools
@@ -48,7 +49,7 @@ class JobDispatcher:
         # An input with file fields is stored in binary form, its bytes as bytes (see job_store.py); else as JSON.
         self._binary = bool(file_fields(input_model))
         self._config = config
-        self.deliveries = Deliveries(store, sink, config)
+        self.deliveries = Deliveries(store, sink, config, webhooks)
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,7 +183,8 @@ class JobDispatcher:
             return Failure("job_timeout", f"the job ran past queue_config.job_timeout_seconds ({limit:g} s)")
 
     async def _finish(self, job: StoredJob, result: Any) -> None:
-        """Record the job's result (an output or a `Failure`) and owe it to its queue, if it named one."""
+        """Record the job's result (an output or a `Failure`) and owe it to its queue and its webhook, if it named
+        them."""
         status, outcome = job_outcome(result)
         queue = job.request.queue_for(status)
         if not self.store.finish(job.job_id, status, outcome, self._config.result_ttl_seconds, queue is not None):
@@ -191,6 +193,8 @@ class JobDispatcher:
         self._reserved -= job.size
         if queue is not None:
             self.deliveries.schedule(job.job_id, queue)
+        if job.request.webhook_url is not None:
+            self.deliveries.schedule_webhook(job.job_id, job.request.webhook_url)
 
     async def _housekeeping(self) -> None:
         while True:

@@ -17,13 +17,15 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
 from modalkit.jobs import PENDING_STATES, AsyncRequest, Delivery, DeliveryState, Job, JobState
 
 logger = logging.getLogger("modalkit.jobs")
+
+Channel = Literal["queue", "webhook"]  # how a finished job's result is delivered
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,7 +48,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     delivery_attempts INTEGER NOT NULL DEFAULT 0,
     delivery_error TEXT,
     payload_binary BLOB,
-    blob_bytes INTEGER
+    blob_bytes INTEGER,
+    webhook_url TEXT,
+    webhook_id TEXT,
+    webhook TEXT,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_error TEXT
 )
 """
 # Columns a store written by an older modalkit lacks; its delivery_pending = 1 becomes delivery = 'pending'.
@@ -56,16 +63,28 @@ _ADDED = {
     "delivery_error": "TEXT",
     "payload_binary": "BLOB",
     "blob_bytes": "INTEGER",
+    "webhook_url": "TEXT",
+    "webhook_id": "TEXT",
+    "webhook": "TEXT",
+    "webhook_attempts": "INTEGER NOT NULL DEFAULT 0",
+    "webhook_error": "TEXT",
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
 CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery);
+CREATE INDEX IF NOT EXISTS jobs_webhook ON jobs (webhook);
 """
 _COLUMNS = (
     "id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace_context, result,"
-    " error, expires_at, delivery, delivery_attempts, delivery_error, payload_binary, blob_bytes"
+    " error, expires_at, delivery, delivery_attempts, delivery_error, payload_binary, blob_bytes, finished_at,"
+    " webhook_url, webhook_id, webhook, webhook_attempts, webhook_error"
 )
+# Where each way of delivering a result keeps its state, attempts and last error.
+_CHANNEL_COLUMNS = {
+    "queue": ("delivery", "delivery_attempts", "delivery_error"),
+    "webhook": ("webhook", "webhook_attempts", "webhook_error"),
+}
 # The size of one input, whatever its form (SQL).
 _INPUT_SIZE = "length(CAST(payload AS BLOB)) + coalesce(length(payload_binary), blob_bytes, 0)"
 _PENDING = "(" + ", ".join(f"'{state}'" for state in PENDING_STATES) + ")"  # SQL: status IN _PENDING
@@ -80,7 +99,7 @@ class StoredJob:
     """A job's row: what running it takes (payload, request, trace context) and where it stands.
 
     `outcome` is the result of a succeeded job or the error of a failed one; `delivery` is None when the job
-    named no queue for its result. `as_job` is what the API reports of it.
+    named no queue for its result, `webhook` when it named no webhook URL. `as_job` is what the API reports of it.
     """
 
     job_id: str
@@ -99,6 +118,10 @@ class StoredJob:
     binary: bytes | None = None  # the pickled `model_dump(mode="python")` of an input with file fields, in the row
     blob: Path | None = None  # ... or in this file, when larger than BLOB_THRESHOLD_BYTES
     size: int = 0  # the input's bytes, in whichever form it is stored
+    finished_at: float | None = None
+    webhook: DeliveryState | None = None  # None: the job has no webhook (or has not finished)
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
 
     @property
     def is_binary(self) -> bool:
@@ -129,12 +152,15 @@ class StoredJob:
 
     def as_job(self) -> Job:
         """The job as `GET /predict_async/{job_id}` answers it."""
-        delivery = None
+        delivery = webhook = None
         if self.delivery is not None:
             queue = self.request.queue_for(self.status)
             delivery = Delivery(
                 state=self.delivery, queue=queue, attempts=self.delivery_attempts, error=self.delivery_error
             )
+        if self.webhook is not None:
+            url = self.request.webhook_url
+            webhook = Delivery(state=self.webhook, url=url, attempts=self.webhook_attempts, error=self.webhook_error)
         return Job(
             job_id=self.job_id,
             status=self.status,
@@ -142,6 +168,7 @@ class StoredJob:
             result=self.outcome if self.status == "succeeded" else None,
             error=self.outcome if self.status == "failed" else None,
             delivery=delivery,
+            webhook=webhook,
         )
 
 
@@ -224,7 +251,8 @@ class JobStore:
         try:
             self._db.execute(
                 "INSERT INTO jobs (id, model_name, status, payload, success_queue, failure_queue, meta, trace_context,"
-                " created_at, payload_binary, blob_bytes) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, payload_binary, blob_bytes, webhook_url, webhook_id)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     model_name,
@@ -236,6 +264,8 @@ class JobStore:
                     time.time(),
                     binary,
                     blob_bytes,
+                    request.webhook_url,
+                    request.webhook_id,
                 ),
             )
         except BaseException:
@@ -286,38 +316,38 @@ class JobStore:
     def finish(self, job_id: str, status: JobState, outcome: Any, ttl_seconds: int, deliver: bool) -> bool:
         """running -> succeeded/failed, once: False if the job was not running (a duplicate completion).
 
-        `deliver`: the result is owed to a queue (delivery 'pending') until `delivered` or `delivery_failed`.
+        `deliver`: the result is owed to a queue (delivery 'pending') until `delivered` or `delivery_failed`; a job
+        with a webhook URL owes its webhook the same way (webhook 'pending').
         """
         now = time.time()
         column = "result" if status == "succeeded" else "error"
         changed = self._db.execute(
-            f"UPDATE jobs SET status = ?, {column} = ?, finished_at = ?, expires_at = ?, delivery = ?"
+            f"UPDATE jobs SET status = ?, {column} = ?, finished_at = ?, expires_at = ?, delivery = ?,"
+            " webhook = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END"
             " WHERE id = ? AND status = 'running'",
             (status, json.dumps(outcome), now, now + ttl_seconds, "pending" if deliver else None, job_id),
         ).rowcount
         return bool(changed)
 
-    def delivered(self, job_id: str) -> None:
+    def delivered(self, job_id: str, channel: Channel = "queue") -> None:
+        state, attempts, error = _CHANNEL_COLUMNS[channel]
         self._db.execute(
-            "UPDATE jobs SET delivery = 'delivered', delivery_attempts = delivery_attempts + 1, delivery_error = NULL"
-            " WHERE id = ?",
+            f"UPDATE jobs SET {state} = 'delivered', {attempts} = {attempts} + 1, {error} = NULL WHERE id = ?",
             (job_id,),
         )
 
-    def delivery_failed(self, job_id: str, reason: str) -> None:
-        """The push is given up: the job keeps its result until it expires, with `reason` on its status."""
+    def delivery_failed(self, job_id: str, reason: str, channel: Channel = "queue") -> None:
+        """The push (or webhook) is given up: the job keeps its result until it expires, with `reason` on its status."""
+        state, attempts, error = _CHANNEL_COLUMNS[channel]
         self._db.execute(
-            "UPDATE jobs SET delivery = 'failed', delivery_attempts = delivery_attempts + 1, delivery_error = ?"
-            " WHERE id = ?",
+            f"UPDATE jobs SET {state} = 'failed', {attempts} = {attempts} + 1, {error} = ? WHERE id = ?",
             (reason, job_id),
         )
 
-    def delivery_retried(self, job_id: str, error: str) -> None:
-        """One push failed and will be tried again; `error` is shown on the job's status meanwhile."""
-        self._db.execute(
-            "UPDATE jobs SET delivery_attempts = delivery_attempts + 1, delivery_error = ? WHERE id = ?",
-            (error, job_id),
-        )
+    def delivery_retried(self, job_id: str, reason: str, channel: Channel = "queue") -> None:
+        """One push (or webhook) failed and will be tried again; `reason` is shown on the job's status meanwhile."""
+        _, attempts, error = _CHANNEL_COLUMNS[channel]
+        self._db.execute(f"UPDATE jobs SET {attempts} = {attempts} + 1, {error} = ? WHERE id = ?", (reason, job_id))
 
     def get(self, job_id: str) -> StoredJob | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -346,6 +376,11 @@ class JobStore:
         )
         return [(job_id, queue) for job_id, queue in owed if queue is not None]
 
+    def owed_webhooks(self) -> list[tuple[str, str]]:
+        """(job id, webhook URL) of every finished job whose webhook is still owed."""
+        rows = self._db.execute("SELECT id, webhook_url FROM jobs WHERE webhook = 'pending' ORDER BY finished_at")
+        return [(job_id, url) for job_id, url in rows]
+
     def pending_count(self) -> int:
         query = f"SELECT count(*) FROM jobs WHERE status IN {_PENDING}"
         return int(self._db.execute(query).fetchone()[0])
@@ -358,8 +393,9 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
 
-    def delivery_counts(self) -> dict[str, int]:
-        query = "SELECT delivery, count(*) FROM jobs WHERE delivery IS NOT NULL GROUP BY delivery"
+    def delivery_counts(self, channel: Channel = "queue") -> dict[str, int]:
+        state = _CHANNEL_COLUMNS[channel][0]
+        query = f"SELECT {state}, count(*) FROM jobs WHERE {state} IS NOT NULL GROUP BY {state}"
         return dict(self._db.execute(query).fetchall())
 
     def usage(self) -> StoreUsage:
@@ -374,10 +410,11 @@ class JobStore:
         return float(found) if found is not None else None
 
     def purge_expired(self, limit: int = 1000) -> int:
-        """Delete up to `limit` jobs past their time to live, except those whose result is still owed to a queue."""
+        """Delete up to `limit` jobs past their time to live, except those whose result is still owed to a queue or
+        a webhook."""
         deleted = self._db.execute(
-            "DELETE FROM jobs WHERE id IN"
-            " (SELECT id FROM jobs WHERE expires_at < ? AND delivery IS NOT 'pending' LIMIT ?)"
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at < ?"
+            " AND delivery IS NOT 'pending' AND webhook IS NOT 'pending' LIMIT ?)"
             " RETURNING id, blob_bytes",
             (time.time(), limit),
         ).fetchall()
@@ -422,9 +459,11 @@ def _fsync_dir(path: Path) -> None:
 
 def _stored_job(row: tuple[Any, ...], blobs: Path) -> StoredJob:
     job_id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace = row[:10]
-    result, error, expires_at, delivery, delivery_attempts, delivery_error, binary, blob_bytes = row[10:]
+    result, error, expires_at, delivery, delivery_attempts, delivery_error, binary, blob_bytes = row[10:18]
+    finished_at, webhook_url, webhook_id, webhook, webhook_attempts, webhook_error = row[18:]
     stored = binary if binary is not None else payload
-    request = AsyncRequest(stored, success_queue, failure_queue, json.loads(meta) if meta else None)
+    meta_value = json.loads(meta) if meta else None
+    request = AsyncRequest(stored, success_queue, failure_queue, meta_value, webhook_url, webhook_id)
     outcome = json.loads(result) if result is not None else json.loads(error) if error is not None else None
     return StoredJob(
         job_id=job_id,
@@ -443,4 +482,8 @@ def _stored_job(row: tuple[Any, ...], blobs: Path) -> StoredJob:
         binary=binary,
         blob=blobs / job_id if blob_bytes is not None else None,
         size=len(payload.encode()) + (len(binary) if binary is not None else blob_bytes or 0),
+        finished_at=finished_at,
+        webhook=webhook,
+        webhook_attempts=webhook_attempts,
+        webhook_error=webhook_error,
     )

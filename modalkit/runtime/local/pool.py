@@ -57,7 +57,11 @@ class PoolSettings:
             max_batch_size=app.batch_config.max_batch_size,
             wait_ms=app.batch_config.wait_ms,
             max_queued_requests=app.limits.max_queued_requests,
-            timings=LifeTimings(float(deploy.scaledown_window), float(deploy.timeout)),
+            timings=LifeTimings(
+                float(deploy.scaledown_window),
+                float(deploy.timeout),
+                health_interval_s=app.local_config.health_check_interval_seconds,
+            ),
         )
 
 

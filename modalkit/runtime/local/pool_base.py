@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import os
 from collections.abc import Callable
@@ -46,6 +47,29 @@ class LifePool(Generic[L]):
         """The model failed to load and no container serves it."""
         return self.stats.load_error is not None and self.stats.ready == 0
 
+    def not_ready(self) -> str | None:
+        """Why this model cannot answer now, or None when it can.
+
+        It can when a container is ready and its model's `health()` did not say no; or, with `min_containers: 0`,
+        when a container of this server has loaded it before (the next request starts one, as on Modal). A model
+        no container has loaded yet is not ready: asking starts one, so that scale-to-zero still gets ready.
+        """
+        name = self.model_name
+        if self.failed():
+            return f"model {name!r} failed to load: {self.stats.load_error}"
+        ready = [life for life, _ in self._lives.values() if life.container is not None]
+        unhealthy = [life.unhealthy for life in ready if life.unhealthy is not None]
+        if len(unhealthy) < len(ready) or (not ready and self.min_containers == 0 and self.stats.loads):
+            return None
+        if unhealthy:
+            return f"model {name!r}: {'; '.join(sorted(set(unhealthy)))}"
+        if not self._lives:
+            self._start_life()
+        return f"model {name!r}: no container has loaded it yet"
+
+    def _start_life(self) -> None:
+        raise NotImplementedError
+
     def _new_container(self) -> Any:
         return self._container_factory(self.ref, self.model_name, self._env)
 
@@ -57,7 +81,8 @@ class LifePool(Generic[L]):
         key = next(self._keys)
         life = make_life(key)
         self.stats.enter(key, "starting")
-        self._lives[key] = (life, asyncio.create_task(self._run_life(life)))
+        # A fresh context: a container started on a request's behalf must not log under its request id and trace.
+        self._lives[key] = (life, asyncio.create_task(self._run_life(life), context=contextvars.Context()))
 
     async def _run_life(self, life: L) -> None:
         try:

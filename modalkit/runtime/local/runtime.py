@@ -60,7 +60,8 @@ class LocalRuntime:
         self.sink = self.sink or make_sink(queue_config, self._queue_backend)
         store = JobStore(queue_config.job_store)
         in_flight = in_flight_window(self.config, len(self.pools))
-        self.jobs = JobDispatcher(store, self.pools, self._input_model, queue_config, self.sink, in_flight)
+        webhooks = self.config.app_settings.webhook_config
+        self.jobs = JobDispatcher(store, self.pools, self._input_model, queue_config, self.sink, in_flight, webhooks)
         for pool in self.pools.values():
             await pool.start()
         await self.jobs.start()
@@ -104,6 +105,9 @@ class LocalRuntime:
         """Ready to answer: no model is failing to load (a model with no container yet starts one on demand)."""
         return not any(pool.failed() for pool in self._all_pools().values())
 
+    def not_ready(self) -> list[str]:
+        return [reason for pool in self._all_pools().values() if (reason := pool.not_ready()) is not None]
+
     def observe(self) -> Observation:
         streams = self.stream_pools
         return Observation(
@@ -123,6 +127,7 @@ class LocalRuntime:
         if self.jobs is not None:
             body["jobs"] = {"pending": self.jobs.pending, **self.jobs.store.counts()}
             body["deliveries"] = self.jobs.store.delivery_counts()
+            body["webhooks"] = self.jobs.store.delivery_counts("webhook")
             body["job_store"] = self._store_usage()
         return body
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import IO, Any
 
 import pydantic_core
@@ -21,7 +24,7 @@ import pydantic_core
 from modalkit.app_loader import ServiceRef, load_service, user_class
 from modalkit.iomodel import reported_error
 from modalkit.outcome import Encoded, Failure, Reported
-from modalkit.runtime.local import frames, stream_worker
+from modalkit.runtime.local import container_logs, frames, stream_worker
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -30,39 +33,85 @@ def main(argv: list[str]) -> int:
     app_path, attribute, model_name = argv
     _live_and_die_with_the_server()
     frames_in, frames_out = _take_over_stdio()
+    container_logs.configure(model_name)
     try:
         service = load_service(ServiceRef(app_path, attribute))
         service_class: Any = user_class(service)
         streaming = stream_worker.is_streaming(service_class)
-        loaded = service_class.open_local(model_name) if streaming else _batch_runner(service, model_name)
+        loaded: Any = service_class.open_local(model_name) if streaming else _batch_runner(service, model_name)
     except BaseException as exc:
         _send(frames_out, ("load_failed", f"{type(exc).__name__}: {exc}"))
         return 3
     _send(frames_out, ("ready", None))
     if streaming:
         return stream_worker.serve(loaded, frames_in, frames_out)
-    return _serve_batches(loaded, frames_in, frames_out)
+    run_batch, unhealthy = loaded
+    return _serve_batches(run_batch, unhealthy, frames_in, frames_out)
 
 
-def _batch_runner(service: Any, model_name: str) -> Callable[[list[Any]], list[Any]]:
+def _batch_runner(service: Any, model_name: str) -> tuple[Callable[[list[Any]], list[Any]], Callable[[], str | None]]:
+    """The loaded service's batch function, and its health check (`None`: healthy; else why not)."""
     obj = service(**_parameters(service, model_name))
     run_batch: Callable[[list[Any]], list[Any]] = obj.process_request.local  # bound once: Modal binds per access
     run_batch([])  # the first local call runs @modal.enter: load_artefacts, once
-    return run_batch
+    return run_batch, partial(_unhealthy, obj)
 
 
-def _serve_batches(run_batch: Callable[[list[Any]], list[Any]], frames_in: IO[bytes], frames_out: IO[bytes]) -> int:
-    while True:
-        message = frames.read_blocking(frames_in)
-        if message is None or message[0] == "stop":
+def _unhealthy(obj: Any) -> str | None:
+    """Why the model's `health()` says it cannot serve now, or None when it can."""
+    check = getattr(getattr(obj, "_model", None), "health", None)
+    if check is None:
+        return None
+    try:
+        verdict = check()
+    except Exception as exc:
+        return f"health() raised {type(exc).__name__}: {exc}"
+    if verdict is True or verdict is None:
+        return None
+    return verdict if isinstance(verdict, str) and verdict else f"health() returned {verdict!r}"
+
+
+def _serve_batches(
+    run_batch: Callable[[list[Any]], list[Any]],
+    unhealthy: Callable[[], str | None],
+    frames_in: IO[bytes],
+    frames_out: IO[bytes],
+) -> int:
+    for message in _read_ahead(frames_in):
+        if message[0] == "stop":
             return 0
-        _, items, threads = message
+        if message[0] == "health":
+            _send(frames_out, ("health", unhealthy()))
+            continue
+        _, items, threads, trace_id = message
         _use_threads(threads)
         started_ns = time.time_ns()
-        results = [_encoded(r) for r in run_batch(items)]
+        with container_logs.batch_trace(trace_id):
+            results = [_encoded(r) for r in run_batch(items)]
         _send(frames_out, ("results", results, (started_ns, time.time_ns())), fallback_size=len(items))
         if any(isinstance(r, Failure) and r.recycles_container for r in results):
             return 0  # recycled: the server saw why in the results, and waits for this exit to replace it
+    return 0
+
+
+def _read_ahead(stream: IO[bytes]) -> Iterator[Any]:
+    """The server's frames until the end of stdin, read and unpickled on a thread of their own: the server sends
+    a full batch ahead while one runs, and it is ready when that one ends."""
+    read: queue.Queue[Any] = queue.Queue(maxsize=2)
+
+    def reader() -> None:
+        try:
+            while (message := frames.read_blocking(stream)) is not None:
+                read.put(message)
+        except BaseException as exc:  # a broken frame ends the container, as it would in the main thread
+            read.put(exc)
+        read.put(None)
+
+    threading.Thread(target=reader, name="modalkit-frames", daemon=True).start()
+    while (message := read.get()) is not None:
+        if isinstance(message, BaseException):
+            raise message
+        yield message
 
 
 def _live_and_die_with_the_server() -> None:
