@@ -82,9 +82,28 @@ def test_a_50_mb_upload_gets_413_before_its_body_is_sent(server: Server) -> None
             f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
         )
         sock.sendall(head.encode())  # and not one byte of the body
-        answer = sock.recv(65536).decode()
+        answer = whole_answer(sock)
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert "52428800 bytes" in answer
+
+
+def whole_answer(sock: socket.socket) -> str:
+    """The head and the whole body of one answer (they may arrive in separate segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def _length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def test_a_corrupt_image_in_a_batch_fails_alone(server: Server) -> None:
