@@ -80,8 +80,9 @@ def test_requests_whose_clients_left_never_reach_the_model(serve, tmp_path: Path
     assert canary.status_code == 200
     computed = tally.read_text().splitlines()
     assert computed[-1] == "canary"
-    # Only what was already in a batch ran (max_batch_size 8): the other abandoned requests were dropped.
-    assert len(computed) - 1 <= 10, computed
+    # Only what was already in a container ran: the batch running and the one sent ahead to it (max_batch_size 8
+    # each); the other abandoned requests were dropped.
+    assert len(computed) - 1 <= 2 * 8 + 2, computed
     assert waited < 4.0, f"the canary waited {waited:.1f} s behind abandoned work"
 
 
