@@ -58,7 +58,7 @@ class PoolStats:
         default_factory=lambda: {"cold": deque(maxlen=_SAMPLES), "warm": deque(maxlen=_SAMPLES)}
     )
     inference_seconds: Histogram = field(default_factory=Histogram)  # per batch, as its container timed it
-    queue_wait: Histogram = field(default_factory=Histogram)  # per item: from its arrival until its batch was sent
+    queue_wait: Histogram = field(default_factory=Histogram)  # per item: from its arrival until its batch began to run
     container_seconds: float = 0.0
     batch_seconds: float = 0.0  # how long a batch takes: a moving average, a cold batch restarts it
     load_error: str | None = None  # why the last start failed to load the model; None once one loads
