@@ -1,5 +1,5 @@
-"""The ASGI layers around the routes: request ids (outermost), the access log, request metrics, API-key auth,
-the body type check."""
+"""The ASGI layers around the routes: request ids (outermost), request metrics and the access log, API-key
+auth, the body type check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modalkit.web.access_log import AccessLog
+from modalkit.web.access_log import log_request
 from modalkit.web.auth import ApiKeyAuth
 from modalkit.web.body import BodyTypeCheck
 from modalkit.web.metrics import Metrics
@@ -28,13 +28,12 @@ def add_middleware(
     if api_key is not None:
         app.add_middleware(ApiKeyAuth, key=api_key, header=auth.header, public_routes=auth.open_routes)
     app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(AccessLog)
     app.add_middleware(RequestIds)
 
 
 class RequestMetrics:
-    """Counts requests by route template and status, times them, and counts those in flight (pure ASGI: no
-    per-request task)."""
+    """Counts requests by route template and status, times them, counts those in flight, and writes the access
+    log line of each (pure ASGI: no per-request task; one timing and one status for both)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -59,9 +58,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            seconds = time.perf_counter() - started
             in_flight.dec()
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(path).observe(seconds)
+            log_request(scope, path, status, seconds)
 
 
 def route_template(scope: Scope) -> str:
