@@ -52,21 +52,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
+def stderr_handler(
+    json_lines: bool | None = None,
+    text: str = "%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s",
+    *filters: logging.Filter,
+) -> logging.Handler:
+    """A handler on stderr: JSON lines, unless stderr is a terminal (or `json_lines` says otherwise), else `text`;
+    `filters` run first, then the trace and request ids are added to every record."""
+    handler = logging.StreamHandler(sys.stderr)
+    for extra in (*filters, TraceContext()):
+        handler.addFilter(extra)
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(text))
+    return handler
+
+
 def configure_logging(level: str = "info", json_lines: bool | None = None, access_log: bool = False) -> None:
     """Route every logger (uvicorn's too) to one stderr handler; called by the CLI, never on import.
 
     The access log (one INFO line per request on `modalkit.access`) is written only with `access_log`, and then
     whatever `level` is.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(TraceContext())
-    if json_lines is None:
-        json_lines = not sys.stderr.isatty()
-    handler.setFormatter(
-        JsonFormatter()
-        if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s")
-    )
+    handler = stderr_handler(json_lines)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator
 
-from modalkit.logs import LEVEL_ENV, JsonFormatter, TraceContext
+from modalkit.logs import LEVEL_ENV, stderr_handler
 
 _batch_trace: str | None = None  # a container runs one batch at a time: the trace of the one running now
 
@@ -29,13 +28,9 @@ class ContainerContext(logging.Filter):
 
 def configure(model_name: str) -> None:
     """Every logger of the container (the model's, modalkit's) to stderr, as `modalkit serve` logs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContainerContext(model_name))
-    handler.addFilter(TraceContext())
     text = "%(asctime)s %(levelname)s %(name)s [%(trace_id)s] container %(process)d: %(message)s"
-    handler.setFormatter(logging.Formatter(text) if sys.stderr.isatty() else JsonFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [stderr_handler(None, text, ContainerContext(model_name))]
     level = os.environ.get(LEVEL_ENV, "INFO").upper()
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
 
