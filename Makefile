@@ -50,7 +50,7 @@ bench: install
 gpu-wheels: install
 	$(BIN)/pip download -q -d .gpu_wheels --python-version 3.12 --only-binary=:all: \
 		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-		--platform any "modal>=1.6.3,<1.7" fastapi uvicorn uvloop httptools pydantic pydantic-settings pyyaml click \
+		--platform any "modal>=1.6.3,<1.7" fastapi uvicorn uvloop httptools pydantic pydantic-settings pyyaml click watchfiles \
 		redis prometheus-client httpx python-multipart tqdm opentelemetry-sdk opentelemetry-instrumentation-fastapi aiohttp
 
 docs: install
