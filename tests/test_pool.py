@@ -26,6 +26,7 @@ from modalkit.runtime.local.lifecycle import LifeTimings
 from modalkit.runtime.local.pool import ContainerPool, PoolSettings
 from modalkit.runtime.local.scaling import (
     ScalingInputs,
+    adds_capacity,
     may_idle_out,
     should_start_container,
     should_start_stream_container,
@@ -61,6 +62,35 @@ def inputs(**changes: Any) -> ScalingInputs:
 )
 def test_should_start_container(changes: dict[str, Any], start: bool) -> None:
     assert should_start_container(inputs(**changes)) is start
+
+
+@pytest.mark.parametrize(
+    ("changes", "adds"),
+    [
+        ({}, True),  # nothing measured (no /proc): as on Modal, where each container is a machine of its own
+        ({"spare_cores": 1.5}, False),  # measured, but no batch has run yet to say what a container uses
+        ({"spare_cores": 0.1, "cores_per_container": 1.8}, False),  # threads already use every core: saturated
+        ({"spare_cores": 0.4, "cores_per_container": 0.9}, False),  # less than MIN_SPARE_CORES idle
+        ({"spare_cores": 0.0, "cores_per_container": 0.05}, True),  # it sleeps or waits on I/O: not the CPU
+        ({"spare_cores": 0.6, "cores_per_container": 1.0}, True),  # bound by the GIL (one core) with one to spare
+        ({"spare_cores": 14.0, "cores_per_container": 1.0}, True),  # a big machine, mostly idle
+        ({"spare_cores": 3.0, "cores_per_container": 8.0}, False),  # a new one would get under half its share
+        ({"spare_cores": 5.0, "cores_per_container": 8.0}, True),
+        ({"devices": 1}, False),  # a GPU model on one GPU: a second container would share it
+        ({"devices": 1, "spare_cores": 14.0, "cores_per_container": 1.0}, False),  # the GPU, not cores, decides
+        ({"devices": 2}, True),  # a second GPU is free: capacity added, as on Modal
+        ({"devices": 2, "live": 2, "ready": 2, "busy": 2}, False),  # every GPU has its container
+    ],
+)
+def test_adds_capacity(changes: dict[str, Any], adds: bool) -> None:
+    assert adds_capacity(inputs(**changes)) is adds
+
+
+def test_no_scale_up_when_the_cores_are_saturated_but_scale_up_when_capacity_is_added() -> None:
+    saturated = inputs(spare_cores=0.05, cores_per_container=1.9)
+    assert not should_start_container(saturated)
+    assert should_start_container(inputs(spare_cores=6.0, cores_per_container=1.0))
+    assert should_start_container(inputs(live=0, ready=0, busy=0, spare_cores=0.0, cores_per_container=2.0))
 
 
 @pytest.mark.parametrize(
@@ -457,3 +487,61 @@ def test_stop_answers_running_and_queued_items_as_unavailable(settings: PoolSett
 
     with_pool(dataclasses.replace(settings, max_containers=1), containers, scenario)
     assert [failure(a.result()).cause for a in answers] == ["unavailable", "unavailable"]
+
+
+# --- what the scaling decisions measure ------------------------------------------------------------------------
+
+
+def test_the_core_meter_sees_the_machine_lose_the_core_a_busy_process_uses() -> None:
+    import multiprocessing
+    import time
+
+    from modalkit.runtime.local.cores import CoreMeter, machine_ticks, process_cpu_seconds
+
+    assert machine_ticks() is not None  # Linux: /proc/stat (elsewhere scaling keeps Modal's rule)
+    cores = os.cpu_count() or 1
+    spinner = multiprocessing.get_context("spawn").Process(target=_spin, args=(4.0,), daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.5)  # started and spinning
+        meter = CoreMeter(cores, interval_s=0.0)
+        meter.sample(time.monotonic())
+        assert meter.spare_cores is None  # one sample is no interval
+        spun = process_cpu_seconds(spinner.pid)
+        time.sleep(1.0)
+        meter.sample(time.monotonic())
+        used = (process_cpu_seconds(spinner.pid) or 0.0) - (spun or 0.0)
+        assert 0.5 < used <= 1.2  # it used about one core for the second
+        assert meter.spare_cores is not None and meter.spare_cores <= cores - 0.5
+    finally:
+        spinner.kill()
+    assert process_cpu_seconds(None) is None
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_a_gpu_models_containers_get_a_gpu_each_from_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from modalkit.runtime.local.cores import local_gpus
+
+    def config(gpu: str | None) -> ModalConfig:
+        path = tmp_path / f"{gpu}.yaml"
+        deployment = f"\n    deployment_config: {{gpu: '{gpu}'}}" if gpu else ""
+        path.write_text(
+            f"app_settings:\n    app_prefix: g{deployment}\nmodel_settings:\n    model_entries: {{m: {{}}}}\n"
+        )
+        return ModalConfig(path)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert local_gpus(config(None)) is None  # a CPU model
+    assert local_gpus(config("H100")) == ["0", "1", "2", "3"]
+    assert local_gpus(config("A100:2")) == ["0,1", "2,3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpus(config("H100")) is None  # no GPU here: it runs on what it finds

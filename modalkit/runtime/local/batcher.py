@@ -1,4 +1,5 @@
-"""The dynamic batcher: items wait until `max_batch_size` are queued or `wait_ms` passed since the first."""
+"""The dynamic batcher: items wait until `max_batch_size` are queued or `wait_ms` passed since the first, or until
+every item lately seen at once is here already (waiting longer could not add one)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from opentelemetry.trace import SpanContext
 
 from modalkit.exceptions import ServiceUnavailable
 from modalkit.outcome import Failure
+
+# How long the batcher remembers how many items were in at once: a window, and the one before it.
+PEAK_WINDOW_S = 1.0
 
 
 @dataclass(slots=True)
@@ -32,6 +36,13 @@ class Batcher:
     At most `max_queued` requests wait; a request whose future is cancelled (its client left) never runs.
     A busy container may take a full batch ahead (`next_full_batch`), so that it runs as soon as the one before
     ends, but only while no free container waits for it.
+
+    `wait_ms` is an upper bound, as on Modal: a batch closes early when the items in the system now (queued,
+    in this batch, or running) are as many as were ever in it at once in the last one to two `PEAK_WINDOW_S`,
+    because then no other client is expected. Closed-loop clients are the case this is for: one client's request
+    runs at once instead of waiting `wait_ms` for a batch mate that cannot come, and eight clients' batch closes
+    when the eighth arrives. Under open arrivals the peak runs ahead of the current count, so batches wait the
+    full `wait_ms` as before.
     """
 
     def __init__(self, max_batch_size: int, wait_ms: int, max_queued: int | None = None) -> None:
@@ -42,6 +53,10 @@ class Batcher:
         self._jobs: deque[Pending] = deque()
         self._waiters: list[asyncio.Future[bool]] = []  # one per container waiting for items
         self._free_waiting = 0  # free containers waiting in `next_batch`: they go before a batch taken ahead
+        self.in_system = 0  # items submitted and not yet answered: queued, in a batch, or running
+        self._peak = 0  # the most items in the system at once in this window
+        self._peak_before = 0  # ... and in the window before it
+        self._window_ends = 0.0
 
     def __len__(self) -> int:
         return len(self._requests) + len(self._jobs)
@@ -66,8 +81,27 @@ class Batcher:
         future: asyncio.Future[Any] = loop.create_future()
         pending = Pending(item, future, loop.time(), solo, trace, background)
         (self._jobs if background else self._requests).append(pending)
+        self.in_system += 1
+        future.add_done_callback(self._answered)
+        self._note_peak(pending.arrival)
         self._wake()
         return future
+
+    def _answered(self, _: asyncio.Future[Any]) -> None:
+        self.in_system -= 1
+
+    def _note_peak(self, now: float) -> None:
+        if now >= self._window_ends:  # a new window; the last one is forgotten too if it passed unseen
+            self._peak_before = self._peak if now < self._window_ends + PEAK_WINDOW_S else self.in_system
+            self._peak = self.in_system
+            self._window_ends = now + PEAK_WINDOW_S
+        else:
+            self._peak = max(self._peak, self.in_system)
+
+    def everyone_is_here(self) -> bool:
+        """No other item is expected soon: as many are in the system now as were at once lately."""
+        self._note_peak(asyncio.get_running_loop().time())
+        return self.in_system >= max(self._peak, self._peak_before)
 
     def requeue(self, batch: list[Pending]) -> None:
         """Put a batch that never ran back at the head of the queue, in its order (its container went)."""
@@ -89,6 +123,8 @@ class Batcher:
                 if not len(self) and not await self._arrival(idle_timeout):
                     return []
                 while (first := self._first()) and len(self) < self.max_batch_size and not self._solo_next():
+                    if self.everyone_is_here():
+                        break
                     remaining = first.arrival + self.wait_s - loop.time()
                     if remaining <= 0 or not await self._arrival(remaining):
                         break

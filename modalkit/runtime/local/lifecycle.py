@@ -24,6 +24,7 @@ from modalkit.observation import PoolStats
 from modalkit.outcome import Cause, Failure
 from modalkit.runtime.local.batcher import Batcher, Pending, resolve
 from modalkit.runtime.local.container import exit_reason
+from modalkit.runtime.local.cores import process_cpu_seconds, smooth
 
 logger = logging.getLogger("modalkit.pool")
 
@@ -310,6 +311,7 @@ class ContainerLife(Life[ContainerHandle]):
         `ahead`; why the container must go, or None if it serves on."""
         loop = asyncio.get_running_loop()
         started_ns, started = time.time_ns(), loop.time()
+        cpu_before = process_cpu_seconds(container.pid)
         ran = await self._run_or_fail_batch(container, batch, sent, ahead)
         if isinstance(ran, str):
             return ran
@@ -317,6 +319,11 @@ class ContainerLife(Life[ContainerHandle]):
         for pending, result in zip(batch, results, strict=True):
             resolve(pending, result)
         done = loop.time()
+        cpu_after = process_cpu_seconds(container.pid)
+        if cpu_before is not None and cpu_after is not None and done > started:  # what scaling weighs
+            self._stats.cores_per_batch = smooth(
+                self._stats.cores_per_batch, (cpu_after - cpu_before) / (done - started)
+            )
         inference_s = (inference_ns[1] - inference_ns[0]) / 1e9
         self._stats.record_batch(
             len(batch),

@@ -1,16 +1,18 @@
 """The containers of one model entry, scaled as Modal scales them.
 
 `min_containers` start at boot; another starts (up to `max_containers`) when queued work has waited
-longer than a batch takes (`scaling`); a container idle for `scaledown_window` stops (never below the minimum);
-a container that crashed or was recycled is replaced, and one that cannot start or load is retried with backoff
-(`lifecycle`). The pool owns the batcher, the lives, the autoscaler, the share of cores each batch may use,
-and `/health`'s view; every count lives in its `PoolStats`.
+longer than a batch takes and it would add capacity on this machine: spare cores, or a free GPU (`scaling`,
+measured by `cores`; a GPU model's containers get a GPU each here, as on Modal); a container idle for
+`scaledown_window` stops (never below the minimum); a container that crashed or was recycled is replaced, and
+one that cannot start or load is retried with backoff (`lifecycle`). The pool owns the batcher, the lives, the
+autoscaler, the share of cores each batch may use, and `/health`'s view; every count lives in its `PoolStats`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from modalkit.outcome import Failure
 from modalkit.runtime.capacity import container_limit
 from modalkit.runtime.local.batcher import Batcher
 from modalkit.runtime.local.container import Container
+from modalkit.runtime.local.cores import CoreMeter, local_gpus
 from modalkit.runtime.local.lifecycle import (
     SHUTTING_DOWN,
     ContainerFactory,
@@ -45,6 +48,7 @@ class PoolSettings:
     wait_ms: int
     max_queued_requests: int | None
     timings: LifeTimings
+    gpus: list[str] | None = None  # each container's CUDA_VISIBLE_DEVICES, one entry per container; None: CPU
 
     @classmethod
     def from_config(cls, config: ModalConfig) -> PoolSettings:
@@ -62,6 +66,7 @@ class PoolSettings:
                 float(deploy.timeout),
                 health_interval_s=app.local_config.health_check_interval_seconds,
             ),
+            gpus=local_gpus(config),
         )
 
 
@@ -84,6 +89,8 @@ class ContainerPool(LifePool[ContainerLife]):
         self.settings = settings
         self.batcher = Batcher(settings.max_batch_size, settings.wait_ms, settings.max_queued_requests)
         self._autoscaler: asyncio.Task[None] | None = None
+        self._cores_meter = CoreMeter(self._cores)
+        self._gpu_of: dict[int, str] = {}  # each container life's GPUs, by its key
 
     @classmethod
     def from_config(
@@ -113,7 +120,7 @@ class ContainerPool(LifePool[ContainerLife]):
 
     def scaling_inputs(self) -> ScalingInputs:
         """The pool now, as the scaling decisions see it."""
-        stats = self.stats
+        stats, meter, gpus = self.stats, self._cores_meter, self.settings.gpus
         return ScalingInputs(
             queued=len(self.batcher),
             oldest_wait_s=self.batcher.oldest_wait(),
@@ -125,6 +132,9 @@ class ContainerPool(LifePool[ContainerLife]):
             leaving=stats.leaving,
             min_containers=self.min_containers,
             max_containers=self.max_containers,
+            spare_cores=meter.spare_cores,
+            cores_per_container=stats.cores_per_batch,
+            devices=None if gpus is None else len(gpus),
         )
 
     def _threads_per_batch(self) -> int:
@@ -140,15 +150,27 @@ class ContainerPool(LifePool[ContainerLife]):
                 self.settings.timings,
                 batcher=self.batcher,
                 stats=self.stats,
-                new_container=self._new_container,
+                new_container=self._container_maker(key),
                 threads=self._threads_per_batch,
                 may_idle_out=self._may_idle_out,
             )
         )
 
+    def _container_maker(self, key: int) -> Callable[[], Any]:
+        """How life `key` starts its container: on a GPU no other life holds, when this machine has several."""
+        gpus = self.settings.gpus
+        if gpus is None or len(gpus) < 2:
+            return self._new_container
+        held = {self._gpu_of[k] for k in self._lives if k in self._gpu_of}
+        self._gpu_of[key] = next((g for g in gpus if g not in held), gpus[key % len(gpus)])
+        self._gpu_of = {k: g for k, g in self._gpu_of.items() if k in self._lives or k == key}
+        return lambda: self._new_container({"CUDA_VISIBLE_DEVICES": self._gpu_of[key]})
+
     async def _autoscale(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(_SCALE_TICK_S)
+            self._cores_meter.sample(loop.time())
             if should_start_container(self.scaling_inputs()):
                 live, queued = self.stats.live + 1, len(self.batcher)
                 logger.info("scaling %r up to %d containers (%d queued)", self.model_name, live, queued)

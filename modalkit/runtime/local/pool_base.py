@@ -70,8 +70,11 @@ class LifePool(Generic[L]):
     def _start_life(self) -> None:
         raise NotImplementedError
 
-    def _new_container(self) -> Any:
-        return self._container_factory(self.ref, self.model_name, self._env)
+    def _new_container(self, env: dict[str, str] | None = None) -> Any:
+        return self._container_factory(self.ref, self.model_name, {**self._env, **(env or {})})
+
+    def _pids(self) -> list[int]:
+        return [life.container.pid for life, _ in self._lives.values() if life.container is not None]
 
     def _may_idle_out(self) -> bool:
         return may_stop_one(self.stats.live, self.stats.leaving, self.min_containers)
@@ -109,7 +112,7 @@ class LifePool(Generic[L]):
             "max_containers": self.max_containers,
             "queued": queued,
             "load_error": stats.load_error,
-            "pids": [life.container.pid for life, _ in self._lives.values() if life.container is not None],
+            "pids": self._pids(),
             "container_starts": stats.container_starts,
             "restarts": dict(stats.restarts),
         }

@@ -1,7 +1,10 @@
 """When a model's pool starts another container, and when an idle one may stop: pure decisions over a snapshot.
 
 Another container starts (up to `max_containers`) when work is queued and either none is running, or none is
-starting, none is idle and the oldest queued item has waited longer than a batch takes. A container idle for
+starting, none is idle, the oldest queued item has waited longer than a batch takes, and another container
+would add capacity here (`adds_capacity`: on Modal each container is a machine of its own; here they share this
+machine's cores and GPUs, and one that only takes a share of cores the others already use lowers throughput).
+A container idle for
 `scaledown_window` stops, unless that would leave fewer than `min_containers`. A streaming pool starts another
 when streams wait for a slot and the containers already starting cannot take them all.
 """
@@ -25,6 +28,9 @@ class ScalingInputs:
     leaving: int  # idled out and stopping
     min_containers: int
     max_containers: int
+    spare_cores: float | None = None  # the machine's idle cores lately; None: not measured here
+    cores_per_container: float | None = None  # cores one ready container used lately; None: not measured
+    devices: int | None = None  # for a GPU model, how many containers this machine's GPUs give one each
 
     @property
     def starting(self) -> int:
@@ -41,7 +47,36 @@ def should_start_container(pool: ScalingInputs) -> bool:
     if pool.live >= pool.max_containers or not pool.queued:
         return False
     waited_a_batch = pool.oldest_wait_s > max(pool.batch_seconds, pool.batch_wait_s)
-    return pool.live == 0 or (pool.starting == 0 and pool.idle <= 0 and waited_a_batch)
+    return pool.live == 0 or (pool.starting == 0 and pool.idle <= 0 and waited_a_batch and adds_capacity(pool))
+
+
+# A container that used less than CPU_BOUND cores while it ran a batch is bound by something else (it sleeps,
+# waits on I/O or a remote call): another adds capacity, as on Modal. One that used more must find at least
+# SPARE_SHARE of what it uses idle on the machine, and at least MIN_SPARE_CORES: less, and the new one would
+# mostly take cores from the containers (and the server) already running, lowering throughput.
+CPU_BOUND = 0.5
+SPARE_SHARE = 0.5
+MIN_SPARE_CORES = 0.5
+
+
+def adds_capacity(pool: ScalingInputs) -> bool:
+    """Whether one more container would add capacity on this machine.
+
+    A GPU model: while a GPU (or the GPUs one container asks for) is free, one container each. A model that is
+    not bound by the CPU: yes. A CPU-bound model: while the machine has spare cores, at least half of what one
+    container uses (a model bound by the GIL uses about one core, so where cores are idle a second one adds
+    capacity; a model whose threads already use every core does not, and would lower throughput); until a batch
+    has run, nothing is known of it: no. Nothing measured at all (no /proc): yes, as on Modal.
+    """
+    if pool.devices is not None:
+        return pool.live < pool.devices
+    if pool.spare_cores is None:
+        return True
+    if pool.cores_per_container is None:
+        return False  # no batch has run yet to say what one container uses: the first will, shortly
+    return pool.cores_per_container < CPU_BOUND or pool.spare_cores >= max(
+        MIN_SPARE_CORES, SPARE_SHARE * pool.cores_per_container
+    )
 
 
 def may_idle_out(pool: ScalingInputs) -> bool:
