@@ -6,6 +6,8 @@ with Client("http://127.0.0.1:8000", api_key="...") as client:
     client.predict({"text": "hello"})["embedding"]
     job = client.submit({"text": "later"}, success_queue="embeddings")
     client.result(job)                       # waits for the job
+    client.cancel(job)                       # 409 (ClientError) once it has finished
+    client.list_jobs(status="succeeded")     # {"jobs": [...], "next_cursor": ...}: this key's jobs, newest first
     client.predict({"top_k": 3}, files={"image": "cat.png"})   # an upload: multipart/form-data
 """
 
@@ -235,24 +237,26 @@ class _ClientBase:
         queues: tuple[str | None, str | None],
         meta: dict[str, Any] | None,
         model_name: str | None,
+        webhook_url: str | None = None,
     ) -> dict[str, Any]:
-        """The request arguments of /predict_async: JSON (the input, or an envelope with queues and meta), or
-        multipart as /predict with `success_queue`, `failure_queue` and `meta` (JSON text) as text parts."""
+        """The request arguments of /predict_async: JSON (the input, or an envelope with queues, meta and webhook),
+        or multipart as /predict with `success_queue`, `failure_queue`, `webhook_url` and `meta` (JSON text) as
+        text parts."""
         success_queue, failure_queue = queues
         args = cls._predict_args(data, files, model_name)
+        envelope = {"success_queue": success_queue, "failure_queue": failure_queue, "webhook_url": webhook_url}
         if files:
-            envelope = {"success_queue": success_queue, "failure_queue": failure_queue}
             args["data"].update({k: v for k, v in envelope.items() if v is not None})
             if meta is not None:
                 args["data"]["meta"] = json.dumps(meta)
-        elif not (success_queue is None and failure_queue is None and meta is None):
-            args["json"] = {
-                "message": data,
-                "success_queue": success_queue,
-                "failure_queue": failure_queue,
-                "meta": meta,
-            }
+        elif meta is not None or any(v is not None for v in envelope.values()):
+            args["json"] = {"message": data, **{k: v for k, v in envelope.items() if v is not None}, "meta": meta}
         return args
+
+    @staticmethod
+    def _list_params(status: str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+        params = {"status": status, "limit": limit, "cursor": cursor}
+        return {k: v for k, v in params.items() if v is not None}
 
 
 class Client(_ClientBase):
@@ -298,9 +302,10 @@ class Client(_ClientBase):
         meta: dict[str, Any] | None = None,
         model_name: str | None = None,
         files: Mapping[str, FileValue] | None = None,
+        webhook_url: str | None = None,
     ) -> str:
-        """Start an async job; its id. `files` as for `predict`."""
-        args = self._submit_args(data, files, (success_queue, failure_queue), meta, model_name)
+        """Start an async job; its id. `files` as for `predict`; `webhook_url` receives the finished job, signed."""
+        args = self._submit_args(data, files, (success_queue, failure_queue), meta, model_name, webhook_url)
         answer = self._request_with_retries("POST", "/predict_async", **args)
         return str(answer["job_id"])
 
@@ -312,6 +317,21 @@ class Client(_ClientBase):
             if self._stop_polling(job, give_up, wait, poll_interval):
                 return job
             time.sleep(poll_interval)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; the job, now `cancelled`. A finished one raises ClientError (409)."""
+        job: dict[str, Any] = self._request_with_retries("DELETE", f"/predict_async/{job_id}")
+        return job
+
+    def list_jobs(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of this key's jobs, newest first: `{"jobs": [...], "next_cursor"}`; pass `next_cursor` back
+        as `cursor` for the next page (None: there is none)."""
+        page: dict[str, Any] = self._request_with_retries(
+            "GET", "/predict_async", params=self._list_params(status, limit, cursor)
+        )
+        return page
 
     def _request_with_retries(self, method: str, path: str, **kwargs: Any) -> Any:
         give_up, plan = time.monotonic() + self.deadline, self.retry.delays()
@@ -372,9 +392,10 @@ class AsyncClient(_ClientBase):
         meta: dict[str, Any] | None = None,
         model_name: str | None = None,
         files: Mapping[str, FileValue] | None = None,
+        webhook_url: str | None = None,
     ) -> str:
-        """Start an async job; its id. `files` as for `predict`."""
-        args = self._submit_args(data, files, (success_queue, failure_queue), meta, model_name)
+        """Start an async job; its id. `files` as for `predict`; `webhook_url` receives the finished job, signed."""
+        args = self._submit_args(data, files, (success_queue, failure_queue), meta, model_name, webhook_url)
         answer = await self._request_with_retries("POST", "/predict_async", **args)
         return str(answer["job_id"])
 
@@ -385,6 +406,20 @@ class AsyncClient(_ClientBase):
             if self._stop_polling(job, give_up, wait, poll_interval):
                 return job
             await asyncio.sleep(poll_interval)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; the job, now `cancelled`. A finished one raises ClientError (409)."""
+        job: dict[str, Any] = await self._request_with_retries("DELETE", f"/predict_async/{job_id}")
+        return job
+
+    async def list_jobs(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of this key's jobs, newest first: `{"jobs": [...], "next_cursor"}`."""
+        page: dict[str, Any] = await self._request_with_retries(
+            "GET", "/predict_async", params=self._list_params(status, limit, cursor)
+        )
+        return page
 
     async def _request_with_retries(self, method: str, path: str, **kwargs: Any) -> Any:
         give_up, plan = time.monotonic() + self.deadline, self.retry.delays()

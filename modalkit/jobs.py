@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from modalkit.iomodel import reported_error
 from modalkit.outcome import Encoded, Failure, Reported, failure_body
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 DeliveryState = Literal["pending", "delivered", "failed"]
 PENDING_STATES = ("queued", "running")
+JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+MAX_PAGE = 100  # jobs in one page of `GET /predict_async`
 
 
 def new_job_id() -> str:
@@ -38,6 +41,7 @@ class AsyncRequest:
     meta: dict[str, Any] | None = None
     webhook_url: str | None = None  # POSTed the finished job, signed (see modalkit.webhooks)
     webhook_id: str | None = None  # its `webhook-id`, made with the request
+    owner: str | None = None  # the fingerprint of the API key that made the job (`modalkit.web.auth`); None: auth off
 
     @classmethod
     def from_envelope(cls, envelope: Any) -> AsyncRequest:
@@ -81,10 +85,20 @@ class Job(BaseModel):
     error: dict[str, Any] | None = None
     delivery: Delivery | None = None
     webhook: Delivery | None = None
+    owner: str | None = Field(None, exclude=True)  # never shown: see `visible_to`
+    created_at: float | None = None  # unix seconds, when known
 
     @property
     def pending(self) -> bool:
         return self.status in PENDING_STATES
+
+    def visible_to(self, caller: str | None) -> bool:
+        """Whether the caller (its key's fingerprint; None with auth off, when every job is everyone's) may see it."""
+        return caller is None or self.owner == caller
+
+    def summary(self) -> dict[str, Any]:
+        """The job as a page of `GET /predict_async` lists it."""
+        return {"job_id": self.job_id, "status": self.status, "attempts": self.attempts, "created_at": self.created_at}
 
     def answer(self) -> dict[str, Any]:
         """The response body: only the fields that apply to the job's state."""
@@ -98,6 +112,33 @@ class Job(BaseModel):
         if self.webhook is not None:
             body["webhook"] = self.webhook.model_dump(exclude_none=True)
         return body
+
+
+PageKey = tuple[float, str]  # (created_at, job_id) of the last job of a page: the next page starts after it
+
+
+def page_cursor(job: Job) -> str:
+    """The opaque cursor of the page that follows `job`: its `PageKey`, as URL-safe base64 of JSON."""
+    return base64.urlsafe_b64encode(json.dumps([job.created_at or 0.0, job.job_id]).encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: str) -> PageKey:
+    """The `PageKey` a cursor holds; ValueError for one that `page_cursor` did not make."""
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a cursor from a page of GET /predict_async") from exc
+    if not isinstance(created_at, int | float) or not isinstance(job_id, str):
+        raise ValueError("not a cursor from a page of GET /predict_async")
+    return float(created_at), job_id
+
+
+class JobPage(BaseModel):
+    """One page of `GET /predict_async`: the caller's jobs, newest first; `next_cursor` fetches the next page
+    (None: this was the last)."""
+
+    jobs: list[dict[str, Any]]
+    next_cursor: str | None = None
 
 
 def job_outcome(result: Any) -> tuple[JobState, Any]:

@@ -20,9 +20,9 @@ from modalkit.iomodel import AsyncInputModel, AsyncOutputModel, SyncInputModel
 from modalkit.jobs import AsyncRequest, job_outcome, jsonable, new_webhook_id, sink_message, webhook_payload
 from modalkit.observation import BatchTiming, Metered, Timed
 from modalkit.outcome import Failure, http_status
+from modalkit.runtime.modal_jobs import job_dict, send_and_record
 from modalkit.sinks import deliver, make_sink
 from modalkit.sinks.failures import json_message
-from modalkit.webhooks import send as send_webhook
 
 logger = logging.getLogger("modalkit.service")
 
@@ -230,6 +230,8 @@ class ModalService:
     def _send_webhook(self, request: AsyncRequest, payload: dict[str, Any]) -> None:
         """POST the finished job to its webhook from a thread of this container, so that retries (over
         `webhook_config.retry_window_seconds`) do not hold up the batch's results."""
+        import modal
+
         try:
             body = json_message(payload).encode()
         except DeliveryRefused as exc:
@@ -237,7 +239,8 @@ class ModalService:
             return
         config = self.modal_config.app_settings.webhook_config
         arguments = (request.webhook_url or "", request.webhook_id or new_webhook_id(), body, config)
-        threading.Thread(target=send_webhook, args=arguments, name="modalkit-webhook", daemon=True).start()
+        book = None if modal.is_local() else job_dict(self.modal_config)  # on Modal its state goes to the job book
+        threading.Thread(target=send_and_record, args=(*arguments, book), name="modalkit-webhook", daemon=True).start()
 
     def _recycle(self, exc: BaseException, size: int) -> list[Any]:
         import modal

@@ -139,3 +139,37 @@ def test_async_client_against_a_real_modalkit_server(serve) -> None:
             assert client.stats()["failed"] == 1
 
     asyncio.run(scenario())
+
+
+def test_async_client_cancels_lists_and_names_a_webhook_against_a_real_server(serve, tmp_path) -> None:
+    server = serve(APPS / "recorder_app.py", APPS / "recorder.yaml", env={"RECORDER_FILE": str(tmp_path / "seen")})
+
+    async def scenario() -> None:
+        async with AsyncClient(server.url, retry=FAST) as client:
+            holder = await client.submit({"text": "sleep:2"})
+            ahead = await client.submit({"text": "ahead"})
+            queued = await client.submit({"text": "queued"})
+            assert (await client.cancel(queued))["status"] == "cancelled"
+            assert (await client.result(holder, poll_interval=0.05))["status"] == "succeeded"
+            await client.result(ahead, poll_interval=0.05)
+            with pytest.raises(ClientError) as finished:
+                await client.cancel(holder)
+            assert finished.value.status_code == 409
+            first = await client.list_jobs(limit=2)
+            assert [job["job_id"] for job in first["jobs"]] == [queued, ahead]
+            rest = await client.list_jobs(limit=2, cursor=first["next_cursor"])
+            assert [job["job_id"] for job in rest["jobs"]] == [holder] and rest["next_cursor"] is None
+            assert [job["job_id"] for job in (await client.list_jobs(status="cancelled"))["jobs"]] == [queued]
+            with pytest.raises(ClientError) as refused:  # webhooks are off: the URL is refused, naming it
+                await client.submit({"text": "x"}, webhook_url="http://127.0.0.1:9/hook", meta={"k": 1})
+            assert refused.value.status_code == 422 and refused.value.detail[0]["loc"] == ["body", "webhook_url"]
+
+    asyncio.run(scenario())
+
+
+def test_submit_sends_the_webhook_url_in_the_envelope_or_as_a_part() -> None:
+    args = Client._submit_args({"text": "x"}, None, (None, None), None, None, "https://hooks.example.com/j")
+    assert args["json"] == {"message": {"text": "x"}, "webhook_url": "https://hooks.example.com/j", "meta": None}
+    assert Client._submit_args({"text": "x"}, None, (None, None), None, None)["json"] == {"text": "x"}
+    upload = Client._submit_args({}, {"image": b"\x00"}, ("ok", None), {"a": 1}, None, "https://h/j")
+    assert upload["data"] == {"success_queue": "ok", "webhook_url": "https://h/j", "meta": '{"a": 1}'}

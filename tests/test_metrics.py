@@ -98,5 +98,11 @@ def test_requests_in_flight_are_counted_by_route_until_answered() -> None:
     during, missing, after = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert during == 2 and missing == 404
     assert after[("modalkit_requests_in_flight", label(route="/slow/{name}"))] == 0
-    assert after[("modalkit_requests_total", label(route="/slow/{name}", method="GET", status="200"))] == 2
-    assert after[("modalkit_requests_total", label(route="unmatched", method="GET", status="404"))] == 1
+    assert (
+        after[("modalkit_requests_total", label(route="/slow/{name}", method="GET", status="200", client="anonymous"))]
+        == 2
+    )
+    assert (
+        after[("modalkit_requests_total", label(route="unmatched", method="GET", status="404", client="anonymous"))]
+        == 1
+    )

@@ -12,18 +12,23 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import modal
 import modal.exception
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from modalkit.app_loader import import_app
+from modalkit.config.schema import WebhookConfig
 from modalkit.jobs import AsyncRequest
 from modalkit.observation import Metered
 from modalkit.outcome import Failure
 from modalkit.runtime.modal import ModalRuntime
+from modalkit.runtime.modal_jobs import JobBook, job_dict, send_and_record
 from modalkit.web import create_web_endpoints
+from modalkit.web.auth import key_fingerprint
 from tests.conftest import APPS
+from tests.webhook_receiver import SECRET, receiving
 
 
 @pytest.fixture
@@ -225,3 +230,188 @@ def test_the_web_function_shows_its_batches_in_metrics_and_stats(
     assert seen[("modalkit_container_starts_total", "echo")] == 1
     assert not any(name == "modalkit_containers" for name, _ in seen)  # only Modal knows its containers
     assert (stats["invocations"], stats["cold_starts"], stats["warm_starts"], stats["batches"]) == (2, 1, 1, 2)
+
+
+# ---- the job book: owners, cancel and listing on Modal ---------------------------------------------------------
+
+
+def test_the_job_book_is_the_apps_modal_dict(echo: Any) -> None:
+    runtime = ModalRuntime(echo.EchoService, ["echo"])
+    assert runtime.job_book is not None
+    book = runtime.job_book.store
+    assert isinstance(book, modal.Dict) and book.name == f"{echo.config.app_name}-jobs"
+    assert job_dict(echo.config).name == book.name
+    assert ModalRuntime(StandInService, ["echo"]).job_book is None  # a class without modal_config has none
+
+
+class MemoryDict:
+    """The interface of `modal.Dict` the job book uses (`put`, `get`, `items`, each `.aio`), in memory: it stands in
+    for the Dict only, to test the runtime's bookkeeping; the real object is built above."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.refuse = False
+        self.put = SimpleNamespace(aio=self._put)
+        self.get = SimpleNamespace(aio=self._get)
+        self.items = SimpleNamespace(aio=self._items)
+
+    async def _put(self, key: str, value: Any) -> None:
+        if self.refuse:
+            raise modal.exception.Error("the Dict is unreachable")
+        self.data[key] = pickle.loads(pickle.dumps(value))
+
+    async def _get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    async def _items(self) -> Any:
+        for item in list(self.data.items()):
+            yield item
+
+
+class BookCall:
+    """`modal.FunctionCall.from_id(id)`, scripted per id, recording cancels."""
+
+    outcomes: dict[str, Any] = {}
+    cancelled: list[str] = []
+
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+        self.get = SimpleNamespace(aio=self._get)
+        self.cancel = SimpleNamespace(aio=self._cancel)
+
+    @classmethod
+    def from_id(cls, object_id: str) -> BookCall:
+        return cls(object_id)
+
+    async def _get(self, timeout: float | None = None) -> Any:
+        outcome = self.outcomes.get(self.object_id, TimeoutError())
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled.append(self.object_id)
+
+
+def book_service(spawned: list[AsyncRequest]) -> Any:
+    def bound(model_name: str) -> Any:
+        async def spawn(request: AsyncRequest) -> BookCall:
+            spawned.append(request)
+            return BookCall(f"fc-book-{len(spawned)}")
+
+        return SimpleNamespace(process_request=SimpleNamespace(spawn=SimpleNamespace(aio=spawn)))
+
+    return bound
+
+
+@pytest.fixture
+def echo_with_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    config = tmp_path / "modal.yaml"
+    config.write_text(
+        "app_settings:\n  app_prefix: echo-book\n"
+        "  auth_config: {clients: {alice: {api_key_env: ALICE_KEY}, bob: {api_key_env: BOB_KEY}}}\n"
+        "model_settings:\n  model_entries: {echo: {}}\n"
+    )
+    monkeypatch.setenv("MODALKIT_CONFIG", str(config))
+    monkeypatch.setenv("ALICE_KEY", "k-alice")
+    monkeypatch.setenv("BOB_KEY", "k-bob")
+    monkeypatch.delitem(sys.modules, "echo_app", raising=False)
+    return import_app(APPS / "echo_app.py")
+
+
+def test_on_modal_a_job_is_its_keys_and_is_cancelled_and_listed_through_the_book(echo_with_clients: Any) -> None:
+    echo, book, spawned = echo_with_clients, MemoryDict(), []
+    runtime = ModalRuntime(book_service(spawned), ["echo"], function_call=BookCall, job_book=JobBook(book))
+    app = create_web_endpoints(echo.EchoService, echo.EchoIn, echo.EchoOut, runtime=runtime)
+    BookCall.outcomes, BookCall.cancelled = {}, []
+    alice, bob = {"x-api-key": "k-alice"}, {"x-api-key": "k-bob"}
+    with TestClient(app) as client:
+        made = [client.post("/predict_async", json={"text": f"a{n}"}, headers=alice).json()["job_id"] for n in range(3)]
+        theirs = client.post("/predict_async", json={"text": "b"}, headers=bob).json()["job_id"]
+        entry = book.data[made[0]]
+        assert entry["owner"] == key_fingerprint("k-alice") and entry["status"] == "running"
+        assert "k-alice" not in repr(book.data) and spawned[0].owner == entry["owner"]
+
+        assert client.get(f"/predict_async/{made[0]}", headers=alice).status_code == 202
+        for answer in (
+            client.get(f"/predict_async/{made[0]}", headers=bob),
+            client.delete(f"/predict_async/{made[0]}", headers=bob),
+        ):
+            assert answer.status_code == 404
+        assert BookCall.cancelled == []
+
+        cancelled = client.delete(f"/predict_async/{made[0]}", headers=alice)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert BookCall.cancelled == [made[0]] and book.data[made[0]]["status"] == "cancelled"
+        assert client.get(f"/predict_async/{made[0]}", headers=alice).json()["status"] == "cancelled"
+
+        BookCall.outcomes[made[1]] = echo.EchoOut(text="a1", model="echo", pid=1)
+        refused = client.delete(f"/predict_async/{made[1]}", headers=alice)
+        assert refused.status_code == 409 and book.data[made[1]]["status"] == "succeeded"
+
+        BookCall.outcomes[made[2]] = echo.EchoOut(text="a2", model="echo", pid=1)  # finished since last seen
+        first = client.get("/predict_async", params={"limit": 2}, headers=alice).json()
+        assert [job["job_id"] for job in first["jobs"]] == [made[2], made[1]]
+        assert first["jobs"][0]["status"] == "succeeded" and book.data[made[2]]["status"] == "succeeded"
+        rest = client.get("/predict_async", params={"limit": 2, "cursor": first["next_cursor"]}, headers=alice).json()
+        assert [job["job_id"] for job in rest["jobs"]] == [made[0]] and rest["next_cursor"] is None
+        succeeded = client.get("/predict_async", params={"status": "succeeded"}, headers=alice).json()
+        assert [job["job_id"] for job in succeeded["jobs"]] == [made[2], made[1]]
+        assert [job["job_id"] for job in client.get("/predict_async", headers=bob).json()["jobs"]] == [theirs]
+
+        book.refuse = True  # the book cannot record the job: the call is cancelled and the job refused
+        unrecorded = client.post("/predict_async", json={"text": "lost"}, headers=alice)
+        assert unrecorded.status_code == 503 and BookCall.cancelled[-1] == f"fc-book-{len(spawned)}"
+
+
+class RecordingBook(MemoryDict):
+    """The Dict as a container's thread uses it (`put`, blocking): every state written, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[tuple[str, Any]] = []
+        self.put = self._put_now  # type: ignore[assignment]
+
+    def _put_now(self, key: str, value: Any) -> None:
+        self.written.append((key, value))
+        self.data[key] = value
+
+
+def test_a_container_records_its_webhook_in_the_book_and_get_shows_it(
+    echo_with_clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODALKIT_WEBHOOK_SECRET", SECRET)
+    config = WebhookConfig(allowed_hosts=["127.0.0.1"], allow_private=True, first_retry_seconds=0.01)
+    book = RecordingBook()
+    with receiving([503]) as receiver:
+        assert send_and_record(receiver.url, "msg_book", b'{"job_id": null}', config, book)
+        assert len(receiver.received()) == 2
+    assert book.written == [
+        ("webhook:msg_book", {"state": "pending", "attempts": 0}),
+        ("webhook:msg_book", {"state": "pending", "attempts": 1}),
+        ("webhook:msg_book", {"state": "delivered", "attempts": 2}),
+    ]
+
+    echo = echo_with_clients
+    book.put = SimpleNamespace(aio=book._put)  # type: ignore[assignment]  # the web function's side: `.aio`
+    runtime = ModalRuntime(book_service([]), ["echo"], function_call=BookCall, job_book=JobBook(book))
+    app = create_web_endpoints(echo.EchoService, echo.EchoIn, echo.EchoOut, runtime=runtime)
+    echo.EchoService.modal_config.app_settings.webhook_config.allowed_hosts = ["127.0.0.1"]
+    echo.EchoService.modal_config.app_settings.webhook_config.allow_private = True
+    alice = {"x-api-key": "k-alice"}
+    with TestClient(app) as client:
+        body = {"message": {"text": "hook"}, "webhook_url": "http://127.0.0.1:9/hook"}
+        job_id = client.post("/predict_async", json=body, headers=alice).json()["job_id"]
+        assert "webhook" not in client.get(f"/predict_async/{job_id}", headers=alice).json()  # while it runs
+        BookCall.outcomes[job_id] = echo.EchoOut(text="hook", model="echo", pid=1)
+        webhook_id = book.data[job_id]["webhook_id"]
+        assert client.get(f"/predict_async/{job_id}", headers=alice).json()["webhook"] == {
+            "state": "pending",
+            "url": "http://127.0.0.1:9/hook",
+            "attempts": 0,
+        }
+        book.data[f"webhook:{webhook_id}"] = {"state": "delivered", "attempts": 2}  # as the container writes it
+        shown = client.get(f"/predict_async/{job_id}", headers=alice).json()["webhook"]
+        assert shown == {"state": "delivered", "url": "http://127.0.0.1:9/hook", "attempts": 2}
+        listed = client.get("/predict_async", headers=alice).json()["jobs"]
+        assert [job["job_id"] for job in listed] == [job_id]  # the webhook's record is not a job

@@ -330,14 +330,39 @@ class LocalConfig(Section):
     health_check_interval_seconds: float = Field(10.0, gt=0, le=3600)
 
 
+CLIENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # a metric label value: short, and only the names configured
+DEFAULT_CLIENT = "default"  # the client of the single-key forms (api_key, api_key_env, ssm_key)
+
+
+class ClientKey(Section):
+    """One client's API key: from an environment variable, which a Modal secret sets on Modal; never in the YAML."""
+
+    api_key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_secret: str | None = Field(None, min_length=1)  # a Modal secret that sets api_key_env in the web function
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(
+                "api_key: a client's key is never written in the YAML; set api_key_env (the variable that holds it)"
+                " and, on Modal, api_key_secret (the secret that sets it)"
+            )
+        return data
+
+
 class AuthConfig(Section):
-    """API-key auth for every route but `public_routes`; on when api_key, api_key_env or ssm_key is set."""
+    """API-key auth for every route but `public_routes`; on when api_key, api_key_env, ssm_key or clients is set.
+
+    The single-key forms are one client, named "default"; `clients` names more, each with its own key.
+    """
 
     api_key: SecretStr | None = None  # a literal key: fine locally, use api_key_env (+ a secret) on Modal
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     api_key_secret: str | None = None  # a Modal secret that sets api_key_env in the web containers
     # An AWS SSM Parameter Store name (ModalKit's): read once when the web app starts (`pip install modalkit[aws]`).
     ssm_key: str | None = Field(None, min_length=1)
+    clients: dict[str, ClientKey] = {}  # client name -> its key; each client sees only its own jobs
     header: str = Field("x-api-key", pattern=r"^[A-Za-z0-9-]+$")
     public_routes: list[str] = ["/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"]
 
@@ -363,6 +388,17 @@ class AuthConfig(Section):
             raise ValueError(f"set one of api_key, api_key_env and ssm_key, not {' and '.join(sources)}")
         if self.api_key_secret is not None and self.api_key_env is None and self.ssm_key is None:
             raise ValueError("api_key_secret needs api_key_env (the variable it sets) or ssm_key (AWS credentials)")
+        bad = [name for name in self.clients if not re.fullmatch(CLIENT_NAME, name) or name == "anonymous"]
+        if bad:
+            raise ValueError(
+                f"clients: {bad[0]!r} is not a client name: 1-64 of A-Z a-z 0-9 _ . -, starting alnum, and not"
+                " 'anonymous' (the name of callers without a key)"
+            )
+        if sources and DEFAULT_CLIENT in self.clients:
+            raise ValueError(
+                f"clients.{DEFAULT_CLIENT}: the client of {sources[0]} is named {DEFAULT_CLIENT!r}; name this one"
+                " otherwise, or move the single key into clients"
+            )
         return self
 
 

@@ -162,8 +162,9 @@ def handler_settings(settings: ModalkitSettings) -> dict[str, Any]:
     deploy = settings.app_settings.deployment_config
     auth = settings.app_settings.auth_config
     webhook_secret = settings.app_settings.webhook_config.modal_secret
-    extra = [name for name in (auth.api_key_secret, webhook_secret) if name]
-    names = [*deploy.secrets, *extra]
+    clients = [client.api_key_secret for client in auth.clients.values()]  # each client's key, in its own secret
+    extra = [name for name in (auth.api_key_secret, webhook_secret, *clients) if name]
+    names = list(dict.fromkeys([*deploy.secrets, *extra]))  # a secret shared by two clients is attached once
     kwargs: dict[str, Any] = {"image": build_image(settings), "timeout": deploy.timeout}
     if names:
         kwargs["secrets"] = _modal_secrets(names)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from modalkit.config import ModalConfig
-from modalkit.jobs import AsyncRequest, Job
+from modalkit.jobs import AsyncRequest, Job, JobState, PageKey
 from modalkit.observation import Observation
 
 
@@ -25,6 +25,18 @@ class Runtime(Protocol):
 
     async def job(self, job_id: str) -> Job | None:
         """The job's state, None if unknown; may raise `JobExpired`."""
+        ...
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job, durably; the job afterwards: `cancelled`, or as it was when it had already
+        finished (succeeded or failed: left as it is). None if unknown."""
+        ...
+
+    async def list_jobs(
+        self, owner: str | None, status: JobState | None, limit: int, after: PageKey | None
+    ) -> list[Job]:
+        """Up to `limit` jobs, newest first, after the job whose `PageKey` is `after`: only those `owner` (an API
+        key's fingerprint) made, or every job when it is None (auth off); only those in `status` when given."""
         ...
 
     def stream(self, model_name: str, item: Any) -> AsyncIterator[Any]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from modalkit.exceptions import JobExpired, NotSupported
-from modalkit.jobs import AsyncRequest, Job, job_outcome
+from modalkit.exceptions import JobExpired, NotSupported, ServiceUnavailable
+from modalkit.jobs import AsyncRequest, Job, JobState, PageKey, job_outcome
 from modalkit.observation import BatchTiming, Metered, Observation, PoolStats, Timed
 from modalkit.outcome import Failure
+from modalkit.runtime.modal_jobs import Entry, JobBook, job_dict
+
+logger = logging.getLogger("modalkit.jobs")
 
 _BATCHES_REMEMBERED = 4096  # batch keys kept to count each batch once: the items of one arrive close together
 
@@ -23,14 +28,19 @@ class ModalRuntime:
         function_call: Any = None,
         local: Any = None,
         observed: bool = True,
+        job_book: JobBook | None = None,
     ) -> None:
         """`local`: the class as defined in app.py, when `service` is a deployed one (`modal.Cls.from_name`).
 
         `observed`: send each item `Metered`, so that its result comes back with its batch's timing, which
         `observe()` reports; off, items and results cross as they are (ModalKit's `sync_call`).
+        `job_book`: where jobs' owners and states are kept; by default the app's `modal.Dict` (`job_dict`),
+        or none for a class that carries no config (then jobs have no owner and cannot be listed).
         """
         import modal
 
+        config = config_of(local if local is not None else service)
+        self.job_book = job_book or (JobBook(job_dict(config)) if config is not None else None)
         bound = with_config_concurrency(service, local if local is not None else service)
         self._objects = {name: bound(model_name=name) for name in model_names}
         self._function_call = function_call or modal.FunctionCall
@@ -76,10 +86,24 @@ class ModalRuntime:
         stats.items_answered(timing.cold, [latency], [max(0, timing.started_ns - sent_ns) / 1e9])
 
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:
-        """The job id is the FunctionCall id; the container pushes the result to the request's queues."""
+        """The job id is the FunctionCall id; the container pushes the result to the request's queues. The job's
+        entry is in the job book before the id is returned: if it cannot be written, the call is cancelled and
+        the job refused (503), so no job is answered 202 that its client could not read."""
+        import modal.exception
+
         self._refuse_unless("batched", "/predict_async")
         call = await self._objects[model_name].process_request.spawn.aio(request)
-        return str(call.object_id)
+        job_id = str(call.object_id)
+        if self.job_book is None:
+            return job_id
+        try:
+            await self.job_book.record(job_id, model_name, request)
+        except modal.exception.Error as exc:
+            logger.error("job %s: its entry could not be written to the job book (%s); cancelling it", job_id, exc)
+            with contextlib.suppress(modal.exception.Error):
+                await self._function_call.from_id(job_id).cancel.aio()
+            raise ServiceUnavailable(f"the job book cannot take the job ({exc}); retry later", retry_after=5) from None
+        return job_id
 
     async def stream(self, model_name: str, item: Any) -> AsyncIterator[Any]:
         """The chunks of one input's answer as the container makes them (`stream_request.remote_gen.aio`).
@@ -113,6 +137,20 @@ class ModalRuntime:
         raise NotSupported(f"{name} is a {other} service, which does not answer on {route}: use {use}")
 
     async def job(self, job_id: str) -> Job | None:
+        """The call's state, with its owner and creation time from the job book (whose status it updates)."""
+        entry = await self.job_book.entry(job_id) if self.job_book is not None else None
+        if entry is not None and entry.status == "cancelled":
+            return entry.as_job()
+        job = await self._call_state(job_id)
+        if job is None or entry is None or self.job_book is None:
+            return job
+        update: dict[str, Any] = {"owner": entry.owner, "created_at": entry.created_at}
+        if not job.pending:
+            await self._note(entry, job.status)
+            update["webhook"] = await self.job_book.webhook(entry)
+        return job.model_copy(update=update)
+
+    async def _call_state(self, job_id: str) -> Job | None:
         import modal.exception
 
         call = self._function_call.from_id(job_id)
@@ -124,12 +162,64 @@ class ModalRuntime:
             return Job(job_id=job_id, status="running")  # Modal does not tell queued from running
         except modal.exception.NotFoundError:
             return None
+        except modal.exception.InputCancellation:  # a BaseException: cancelled by another web container's book
+            return Job(job_id=job_id, status="cancelled")
         except modal.exception.Error as exc:
             result = Failure("unavailable", f"{type(exc).__name__}: {exc}")
         status, outcome = job_outcome(result)
         if status == "failed":
             return Job(job_id=job_id, status="failed", error=outcome)
         return Job(job_id=job_id, status="succeeded", result=outcome)
+
+    async def _note(self, entry: Entry, status: JobState) -> Entry:
+        """Record a status seen, for listing; a failure to write it only leaves the book a step behind."""
+        import modal.exception
+
+        assert self.job_book is not None
+        try:
+            return await self.job_book.mark(entry, status)
+        except modal.exception.Error as exc:
+            logger.warning("job %s: its status %s could not be written to the job book: %s", entry.job_id, status, exc)
+            return entry
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """`FunctionCall.cancel()`: Modal stops the input, queued or running. The job book records it `cancelled`
+        before this returns (a book write that fails is an error here, not a note)."""
+        job = await self.job(job_id)
+        if job is None or not job.pending:
+            return job
+        await self._function_call.from_id(job_id).cancel.aio()
+        if self.job_book is not None:
+            entry = await self.job_book.entry(job_id)
+            if entry is not None:
+                return (await self.job_book.mark(entry, "cancelled")).as_job()
+        return job.model_copy(update={"status": "cancelled"})
+
+    async def list_jobs(
+        self, owner: str | None, status: JobState | None, limit: int, after: PageKey | None
+    ) -> list[Job]:
+        """From the job book: every entry of `owner` is read, then those near the page whose call may have finished
+        since it was last seen are asked for their state, `limit` at a time, until the page is full."""
+        if self.job_book is None:
+            raise NotSupported("listing jobs needs the job book, which a service class without modal_config lacks")
+        candidates = await self.job_book.candidates(owner, after)
+        page: list[Job] = []
+        for start in range(0, len(candidates), limit):
+            chunk = await asyncio.gather(*(self._fresh(entry) for entry in candidates[start : start + limit]))
+            page.extend(entry.as_job() for entry in chunk if status is None or entry.status == status)
+            if len(page) >= limit:
+                break
+        return page[:limit]
+
+    async def _fresh(self, entry: Entry) -> Entry:
+        """The entry with its call's state now, if it was pending when last seen."""
+        if not entry.pending:
+            return entry
+        try:
+            job = await self._call_state(entry.job_id)
+        except JobExpired:
+            return entry
+        return await self._note(entry, job.status) if job is not None and not job.pending else entry
 
     def ready(self) -> bool:
         return True
@@ -144,6 +234,16 @@ class ModalRuntime:
 
     def health(self) -> dict[str, Any]:
         return {"runtime": "modal", "models": {name: {} for name in self._objects}}
+
+
+def config_of(service: Any) -> Any:
+    """The `ModalConfig` a service class carries (`modal_config`), None when it carries none."""
+    from modalkit.app_loader import user_class
+
+    try:
+        return getattr(user_class(service), "modal_config", None)
+    except AssertionError:  # a deployed class looked up by name carries no Python class
+        return None
 
 
 def with_config_concurrency(service: Any, local: Any = None) -> Any:

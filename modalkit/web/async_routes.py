@@ -1,4 +1,5 @@
-"""`POST /predict_async` and `GET /predict_async/{job_id}`: queue-backed inference with a job id."""
+"""`POST /predict_async` and the job routes: `GET` and `DELETE /predict_async/{job_id}` (status, cancel) and
+`GET /predict_async` (the caller's jobs, a page at a time). Each client sees only the jobs its key made."""
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 
@@ -6,19 +7,20 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from modalkit.config.schema import WebhookConfig
 from modalkit.exceptions import ConfigError, WebhookFailed, WebhookNotAllowed
-from modalkit.jobs import AsyncRequest, Job
+from modalkit.jobs import MAX_PAGE, AsyncRequest, Job, JobPage, JobState, page_cursor, read_cursor
 from modalkit.sinks import queue_allowed
+from modalkit.web.auth import job_owner
 from modalkit.web.body import errors_at, parse_async, parse_json
 from modalkit.web.openapi import body_errors, error_responses, input_ref, openapi_body
 from modalkit.web.predict_routes import json_body
@@ -43,7 +45,12 @@ SUBMIT_SAID = {
     503: "limits.max_queued_requests requests already wait, the job store cannot take the job, or a webhook_url is"
     " named and the server has no webhook secret",
 }
-JOB_SAID = {404: "unknown job: never accepted, or its result has expired", 410: "the job's result has expired"}
+JOB_SAID = {
+    404: "unknown job: never accepted, its result has expired, or another client's",
+    409: "the job has already finished (succeeded or failed): it cannot be cancelled",
+    410: "the job's result has expired",
+}
+LIST_SAID = {422: "a status that is not a job state, a limit outside 1..100, or a cursor no page gave; detail[].loc"}
 
 
 class AsyncAccepted(BaseModel):
@@ -83,6 +90,7 @@ def add_async_routes(app: FastAPI, served: Served) -> None:
         else:
             job = await parse_async(await json_body(request, served), settings.limits, read)
         await check_webhook(job, settings.webhook_config)
+        job = replace(job, owner=job_owner(request.scope))  # the job is the caller's key's
         job_id = await served.runtime.spawn(model_name, job)  # refusals: modalkit.web.errors.STATUS_OF_ERROR
         return AsyncAccepted(job_id=job_id, status_url=f"/predict_async/{job_id}")
 
@@ -94,11 +102,65 @@ def add_async_routes(app: FastAPI, served: Served) -> None:
             202: {"model": Job, "description": "queued or running"},
         },
     )
-    async def job_status(job_id: str) -> JSONResponse:
-        job = await served.runtime.job(job_id)
-        if job is None:
-            raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or its result has expired)")
+    async def job_status(job_id: str, request: Request) -> JSONResponse:
+        job = await visible_job(served, job_id, request)
         return JSONResponse(job.answer(), status_code=202 if job.pending else 200)
+
+    add_job_routes(app, served)
+
+
+def add_job_routes(app: FastAPI, served: Served) -> None:
+    """Cancel a job, and list the caller's jobs."""
+
+    @app.delete(
+        "/predict_async/{job_id}",
+        response_model=Job,
+        responses=error_responses((404, 409, 410), said=JOB_SAID),
+    )
+    async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+        """Cancel a queued or running job: it ends `cancelled` and its result (if it was running) is discarded.
+        Cancelling a cancelled job answers it again; a finished one gets 409."""
+        seen = await visible_job(served, job_id, request)
+        job = await served.runtime.cancel(job_id) if seen.pending else seen
+        if job is None:
+            raise HTTPException(404, unknown_job(job_id))
+        if job.status in ("succeeded", "failed"):
+            raise HTTPException(
+                409, f"job {job_id!r} has already {job.status}: only a queued or running job can be cancelled"
+            )
+        return JSONResponse(job.answer())
+
+    @app.get("/predict_async", response_model=JobPage, responses=error_responses((422,), said=LIST_SAID))
+    async def list_jobs(
+        request: Request,
+        status: JobState | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """The caller's jobs, newest first, `limit` at a time; pass `next_cursor` as `cursor` for the next page."""
+        after = None
+        if cursor:
+            try:
+                after = read_cursor(cursor)
+            except ValueError as exc:
+                problem = {"type": "value_error", "loc": ["query", "cursor"], "msg": str(exc), "input": cursor}
+                raise HTTPException(422, [problem]) from None
+        found = await served.runtime.list_jobs(job_owner(request.scope), status, limit + 1, after)
+        more = len(found) > limit
+        page = found[:limit]
+        return JobPage(jobs=[job.summary() for job in page], next_cursor=page_cursor(page[-1]) if more else None)
+
+
+def unknown_job(job_id: str) -> str:
+    return f"unknown job {job_id!r} (never accepted, or its result has expired)"
+
+
+async def visible_job(served: Served, job_id: str, request: Request) -> Job:
+    """The job, if the caller may see it; 404 otherwise, the same whether it is unknown or another client's."""
+    job = await served.runtime.job(job_id)
+    if job is None or not job.visible_to(job_owner(request.scope)):
+        raise HTTPException(404, unknown_job(job_id))
+    return job
 
 
 def envelope_model(input_model: type[BaseModel]) -> type[BaseModel]:

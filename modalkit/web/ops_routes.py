@@ -51,8 +51,9 @@ def add_ops_routes(app: FastAPI, served: Served, metrics: Metrics, details_need_
     @app.get("/stats", responses=error_responses(()))
     async def stats() -> dict[str, Any]:
         """Invocations, cold vs warm starts and latencies, mean batch size, estimated Modal cost; streams by how
-        they ended (`completed`, `failed`, `cancelled`) and the chunks they sent."""
+        they ended (`completed`, `failed`, `cancelled`) and the chunks they sent; requests by client name."""
         found = usage(runtime.observe(), served.settings)
         outcomes = metrics.stream_outcomes
         found["streams"] = {key: outcomes[key] for key in ("completed", "failed", "cancelled", "chunks")}
+        found["clients"] = dict(metrics.clients)  # requests by client (API key) name
         return found

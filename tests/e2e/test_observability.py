@@ -69,9 +69,15 @@ def test_metrics_parse_and_match_the_requests_sent(serve) -> None:
 
     seen = samples(server)
     label = lambda **kw: tuple(sorted(kw.items()))  # noqa: E731
-    assert seen[("modalkit_requests_total", label(route="/predict", method="POST", status="200"))] == 5
-    assert seen[("modalkit_requests_total", label(route="/predict", method="POST", status="422"))] == 1
-    assert seen[("modalkit_requests_total", label(route="/predict", method="POST", status="503"))] == 1
+    assert (
+        seen[("modalkit_requests_total", label(route="/predict", method="POST", status="200", client="anonymous"))] == 5
+    )
+    assert (
+        seen[("modalkit_requests_total", label(route="/predict", method="POST", status="422", client="anonymous"))] == 1
+    )
+    assert (
+        seen[("modalkit_requests_total", label(route="/predict", method="POST", status="503", client="anonymous"))] == 1
+    )
     assert seen[("modalkit_request_duration_seconds_count", label(route="/predict"))] == 7
     assert seen[("modalkit_batch_size_count", label(model="echo"))] == 6  # the 422 never reached a batch
     assert seen[("modalkit_batch_size_sum", label(model="echo"))] == 6
