@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import quote
 
 import httpx
 
@@ -189,14 +190,20 @@ class _ClientBase:
         return delay
 
     def _stop_polling(self, job: dict[str, Any], give_up: float, wait: bool, poll_interval: float) -> bool:
-        """True when `job` is the answer; raises JobFailed, or DeadlineExceeded past the deadline."""
+        """True when `job` is the answer (succeeded, cancelled, or any state without `wait`); raises JobFailed, or
+        DeadlineExceeded past the deadline."""
         if job["status"] == "failed":
             raise JobFailed(job)
-        if job["status"] == "succeeded" or not wait:
+        if job["status"] in ("succeeded", "cancelled") or not wait:  # a cancelled job never finishes otherwise
             return True
         if time.monotonic() + poll_interval > give_up:
             raise DeadlineExceeded(f"job {job['job_id']} still {job['status']} after {self.deadline:g} s")
         return False
+
+    @staticmethod
+    def _job_path(job_id: str) -> str:
+        """The job's URL path, its id escaped: an id is one path segment, whatever characters it holds."""
+        return f"/predict_async/{quote(job_id, safe='')}"
 
     @staticmethod
     def _model_query(model_name: str | None) -> dict[str, str]:
@@ -310,17 +317,17 @@ class Client(_ClientBase):
         return str(answer["job_id"])
 
     def result(self, job_id: str, wait: bool = True, poll_interval: float = 0.2) -> dict[str, Any]:
-        """The job's status; with wait=True, polls until it finished (JobFailed if it failed)."""
+        """The job's status; with wait=True, polls until it ended: succeeded, or cancelled (JobFailed if it failed)."""
         give_up = time.monotonic() + self.deadline
         while True:
-            job: dict[str, Any] = self._request_with_retries("GET", f"/predict_async/{job_id}")
+            job: dict[str, Any] = self._request_with_retries("GET", self._job_path(job_id))
             if self._stop_polling(job, give_up, wait, poll_interval):
                 return job
             time.sleep(poll_interval)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; the job, now `cancelled`. A finished one raises ClientError (409)."""
-        job: dict[str, Any] = self._request_with_retries("DELETE", f"/predict_async/{job_id}")
+        job: dict[str, Any] = self._request_with_retries("DELETE", self._job_path(job_id))
         return job
 
     def list_jobs(
@@ -402,14 +409,14 @@ class AsyncClient(_ClientBase):
     async def result(self, job_id: str, wait: bool = True, poll_interval: float = 0.2) -> dict[str, Any]:
         give_up = time.monotonic() + self.deadline
         while True:
-            job: dict[str, Any] = await self._request_with_retries("GET", f"/predict_async/{job_id}")
+            job: dict[str, Any] = await self._request_with_retries("GET", self._job_path(job_id))
             if self._stop_polling(job, give_up, wait, poll_interval):
                 return job
             await asyncio.sleep(poll_interval)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; the job, now `cancelled`. A finished one raises ClientError (409)."""
-        job: dict[str, Any] = await self._request_with_retries("DELETE", f"/predict_async/{job_id}")
+        job: dict[str, Any] = await self._request_with_retries("DELETE", self._job_path(job_id))
         return job
 
     async def list_jobs(

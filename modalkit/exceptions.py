@@ -87,7 +87,12 @@ class QueueFull(ModalkitError):
 
 
 class JobExpired(ModalkitError):
-    """The job's result is gone: past its time to live (HTTP 410)."""
+    """The job's result is gone: past its time to live (HTTP 410). `owner` is the fingerprint of the key that made
+    the job, when known: anyone else is answered 404, as for an unknown job."""
+
+    def __init__(self, message: str, owner: str | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class NotSupported(ModalkitError):

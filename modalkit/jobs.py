@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -70,6 +71,12 @@ class Delivery(BaseModel):
     error: str | None = None
 
 
+def visible_to(owner: str | None, caller: str | None) -> bool:
+    """Whether the caller (its key's fingerprint; None with auth off, when every job is everyone's) may see a job
+    that `owner` made (None: made with auth off, or unknown on Modal, and then no client's)."""
+    return caller is None or owner == caller
+
+
 class Job(BaseModel):
     """An async job as `GET /predict_async/{job_id}` answers it, and as every runtime reports it.
 
@@ -93,8 +100,7 @@ class Job(BaseModel):
         return self.status in PENDING_STATES
 
     def visible_to(self, caller: str | None) -> bool:
-        """Whether the caller (its key's fingerprint; None with auth off, when every job is everyone's) may see it."""
-        return caller is None or self.owner == caller
+        return visible_to(self.owner, caller)
 
     def summary(self) -> dict[str, Any]:
         """The job as a page of `GET /predict_async` lists it."""
@@ -128,7 +134,8 @@ def read_cursor(cursor: str) -> PageKey:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, TypeError) as exc:
         raise ValueError("not a cursor from a page of GET /predict_async") from exc
-    if not isinstance(created_at, int | float) or not isinstance(job_id, str):
+    numeric = isinstance(created_at, int | float) and not isinstance(created_at, bool)
+    if not numeric or not math.isfinite(created_at) or not isinstance(job_id, str):
         raise ValueError("not a cursor from a page of GET /predict_async")
     return float(created_at), job_id
 

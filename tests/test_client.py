@@ -44,9 +44,15 @@ def flaky_app() -> FastAPI:
         calls[job_id] += 1
         if job_id == "bad":
             return JSONResponse({"job_id": job_id, "status": "failed", "error": {"detail": "boom"}})
+        if job_id.startswith("gone"):  # cancelled: it will never finish
+            return JSONResponse({"job_id": job_id, "status": "cancelled", "attempts": 0})
         if calls[job_id] < 3:
             return JSONResponse({"job_id": job_id, "status": "running"}, status_code=202)
         return JSONResponse({"job_id": job_id, "status": "succeeded", "result": {"ok": True}})
+
+    @app.delete("/predict_async/{job_id}")
+    async def cancel(job_id: str) -> JSONResponse:
+        return JSONResponse({"job_id": job_id, "status": "cancelled", "attempts": 0})
 
     @app.post("/always_busy")
     async def busy() -> JSONResponse:
@@ -97,6 +103,30 @@ def test_429_then_job_polled_to_success(flaky: tuple[str, Counter[str]]) -> None
         assert client.result(job_id, poll_interval=0.01)["result"] == {"ok": True}
         with pytest.raises(JobFailed, match="boom"):
             client.result("bad")
+
+
+def test_result_of_a_cancelled_job_returns_it_rather_than_polling_to_the_deadline(
+    flaky: tuple[str, Counter[str]],
+) -> None:
+    url, calls = flaky
+    with Client(url, retry=FAST, deadline=30) as client:
+        assert client.result("gone", poll_interval=0.01)["status"] == "cancelled"
+    assert calls["gone"] == 1
+
+    async def scenario() -> None:
+        async with AsyncClient(url, retry=FAST, deadline=30) as client:
+            assert (await client.result("gone-async", poll_interval=0.01))["status"] == "cancelled"
+
+    asyncio.run(scenario())
+    assert calls["gone-async"] == 1
+
+
+def test_a_job_id_is_one_path_segment_whatever_it_holds(flaky: tuple[str, Counter[str]]) -> None:
+    url, calls = flaky
+    with Client(url, retry=FAST) as client:
+        assert client.cancel("gone?status=x#y")["job_id"] == "gone?status=x#y"  # not a query, nor a fragment
+        assert client.result("gone?x", wait=False)["job_id"] == "gone?x"
+    assert calls["gone?x"] == 1
 
 
 def test_client_errors_are_not_retried(flaky: tuple[str, Counter[str]]) -> None:

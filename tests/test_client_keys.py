@@ -3,14 +3,17 @@ the YAML), each client's Modal secret attached to the web function, and a key st
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 from pathlib import Path
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from modalkit.config import ModalConfig
 from modalkit.config.schema import AuthConfig
 from modalkit.exceptions import ConfigError
-from modalkit.web.auth import key_fingerprint, resolve_clients
+from modalkit.web.auth import ApiKeyAuth, key_fingerprint, resolve_clients
 from tests.test_config_to_modal import BASE, build
 
 CLIENTS = "  auth_config: {clients: {alice: {api_key_env: ALICE_KEY, api_key_secret: alice-key}, bob: {api_key_env: BOB_KEY, api_key_secret: bob-key}}}\n"
@@ -82,3 +85,42 @@ def test_a_key_is_stored_as_a_fingerprint_that_is_stable_and_not_the_key() -> No
     fingerprint = key_fingerprint("k-alice")
     assert fingerprint == key_fingerprint(b"k-alice") and len(fingerprint) == 64
     assert "k-alice" not in fingerprint and fingerprint != key_fingerprint("k-bob")
+
+
+def test_a_key_is_compared_in_constant_time_with_every_clients_and_only_its_fingerprint_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compared: list[tuple[str, str]] = []
+    constant_time = hmac.compare_digest
+
+    def compare_digest(a: str, b: str) -> bool:
+        compared.append((a, b))
+        return constant_time(a, b)
+
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+
+    keys = {"default": "k-default", "alice": "k-alice", "bob": "k-bob"}
+    auth = ApiKeyAuth(app, keys, "x-api-key", frozenset({"/health"}))
+    assert not any(key in repr(vars(auth)) for key in keys.values())  # fingerprints only
+    monkeypatch.setattr("modalkit.web.auth.hmac.compare_digest", compare_digest)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    def call(key: bytes) -> None:
+        scope: Scope = {"type": "http", "path": "/predict", "method": "POST", "headers": [(b"x-api-key", key)]}
+        asyncio.run(auth(scope, receive, send))
+
+    call(b"k-default")  # the first client's key: the others are compared all the same
+    assert len(compared) == 3 and seen[-1]["modalkit.client"] == "default"
+    assert seen[-1]["modalkit.owner"] == key_fingerprint("k-default")
+    compared.clear()
+    call(b"k-wrong")
+    assert len(compared) == 3 and len(seen) == 1 and sent[0]["status"] == 401

@@ -76,3 +76,42 @@ async def _cancel_scenario(tmp_path: Path) -> None:
     finally:
         await dispatcher.stop()
         store.close()
+
+
+def test_a_job_cancelled_while_its_batch_runs_keeps_no_result_and_owes_no_queue_or_webhook(tmp_path: Path) -> None:
+    asyncio.run(_running_cancel_scenario(tmp_path))
+
+
+async def _running_cancel_scenario(tmp_path: Path) -> None:
+    config = QueueConfig()
+    pool = BatcherOnly()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    dispatcher = JobDispatcher(store, {"m": pool}, Text, config, make_sink(config), max_in_flight=2)  # type: ignore[dict-item]
+    await dispatcher.start()
+    owed = AsyncRequest(Text(text="x"), success_queue="done", failure_queue="failed")
+    try:
+        in_batch = await dispatcher.accept("m", owed.with_webhook("http://127.0.0.1:9/hook"))
+        just_done = await dispatcher.accept("m", owed.with_webhook("http://127.0.0.1:9/hook"))
+        await until(lambda: len(pool.batcher) == 2)
+        batch = await pool.batcher.next_batch(idle_timeout=1)  # a container has both: the batch runs
+        assert len(batch) == 2
+
+        cancelled = dispatcher.cancel(in_batch)
+        assert cancelled is not None and cancelled.status == "cancelled"
+        for pending in batch:  # the batch ends: the cancelled job's result comes too late to count
+            if not pending.future.done():
+                pending.future.set_result({"text": "x"})
+        # The other job's result has come, but its task has not run yet when it is cancelled.
+        assert dispatcher.cancel(just_done) is not None
+        background = {dispatcher._feeder, dispatcher._housekeeper}
+        await until(lambda: dispatcher._tasks <= background)  # both jobs' tasks have seen their results and ended
+
+        for job_id in (in_batch, just_done):
+            job = store.get(job_id)
+            assert job is not None and (job.status, job.outcome) == ("cancelled", None)
+            assert (job.delivery, job.webhook) == (None, None)
+        assert store.owed() == [] and store.owed_webhooks() == []
+        assert (dispatcher.pending, dispatcher._reserved) == (0, 0)
+    finally:
+        await dispatcher.stop()
+        store.close()

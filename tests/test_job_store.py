@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import sqlite3
 from dataclasses import dataclass
@@ -181,7 +182,9 @@ def test_a_page_holds_the_owners_jobs_newest_first_after_the_cursor(tmp_path: Pa
 
 
 def test_a_cursor_that_no_page_made_is_refused() -> None:
-    for bad in ("not-a-cursor", "", "W10", "eyJhIjogMX0"):  # garbage, empty, [], {"a": 1}
+    made = ('[NaN, "x"]', '[1e999, "x"]', '[true, "x"]')  # a time that is not a finite number
+    crafted = tuple(base64.urlsafe_b64encode(text.encode()).decode() for text in made)
+    for bad in ("not-a-cursor", "", "W10", "eyJhIjogMX0", *crafted):  # garbage, empty, [], {"a": 1}, crafted
         with pytest.raises(ValueError, match="not a cursor"):
             read_cursor(bad)
     job = Job(job_id="x", status="queued", created_at=12.5)

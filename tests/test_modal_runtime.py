@@ -415,3 +415,54 @@ def test_a_container_records_its_webhook_in_the_book_and_get_shows_it(
         assert shown == {"state": "delivered", "url": "http://127.0.0.1:9/hook", "attempts": 2}
         listed = client.get("/predict_async", headers=alice).json()["jobs"]
         assert [job["job_id"] for job in listed] == [job_id]  # the webhook's record is not a job
+
+
+class FinishingCall(BookCall):
+    """A call that finishes just before the cancel reaches it: Modal's cancel is then a no-op."""
+
+    async def _cancel(self, terminate_containers: bool = False) -> None:
+        await super()._cancel(terminate_containers)
+        self.outcomes[self.object_id] = {"text": "done first", "model": "echo", "pid": 1}
+
+
+def test_on_modal_a_job_that_finishes_as_it_is_cancelled_stays_finished_and_gets_409(echo_with_clients: Any) -> None:
+    echo, book = echo_with_clients, MemoryDict()
+    runtime = ModalRuntime(book_service([]), ["echo"], function_call=FinishingCall, job_book=JobBook(book))
+    app = create_web_endpoints(echo.EchoService, echo.EchoIn, echo.EchoOut, runtime=runtime)
+    BookCall.outcomes, BookCall.cancelled = {}, []
+    alice = {"x-api-key": "k-alice"}
+    with TestClient(app) as client:
+        job_id = client.post("/predict_async", json={"text": "x"}, headers=alice).json()["job_id"]
+        refused = client.delete(f"/predict_async/{job_id}", headers=alice)
+        assert refused.status_code == 409 and BookCall.cancelled == [job_id]
+        assert book.data[job_id]["status"] == "succeeded"  # not recorded cancelled: its result is there
+        shown = client.get(f"/predict_async/{job_id}", headers=alice)
+        assert shown.status_code == 200 and shown.json()["result"]["text"] == "done first"
+
+
+def test_on_modal_an_expired_job_is_410_to_its_owner_and_404_to_anyone_else(echo_with_clients: Any) -> None:
+    echo, book = echo_with_clients, MemoryDict()
+    runtime = ModalRuntime(book_service([]), ["echo"], function_call=BookCall, job_book=JobBook(book))
+    app = create_web_endpoints(echo.EchoService, echo.EchoIn, echo.EchoOut, runtime=runtime)
+    BookCall.outcomes, BookCall.cancelled = {}, []
+    alice, bob = {"x-api-key": "k-alice"}, {"x-api-key": "k-bob"}
+    with TestClient(app) as client:
+        job_id = client.post("/predict_async", json={"text": "x"}, headers=alice).json()["job_id"]
+        BookCall.outcomes[job_id] = modal.exception.OutputExpiredError("expired")
+        BookCall.outcomes["fc-no-entry"] = modal.exception.OutputExpiredError("expired")
+        assert client.get(f"/predict_async/{job_id}", headers=alice).status_code == 410
+        unknown = client.get(f"/predict_async/{'0' * 32}", headers=bob).json()["detail"]
+        for answer in (
+            client.get(f"/predict_async/{job_id}", headers=bob),
+            client.delete(f"/predict_async/{job_id}", headers=bob),
+        ):
+            assert answer.status_code == 404
+            assert answer.json()["detail"] == unknown.replace("0" * 32, job_id)  # the same as an unknown job
+        assert client.get("/predict_async/fc-no-entry", headers=alice).status_code == 404  # no one's: not in the book
+    assert BookCall.cancelled == []
+
+
+def test_the_job_book_never_reads_a_webhook_record_as_a_job() -> None:
+    book = MemoryDict()
+    book.data["webhook:msg_1"] = {"state": "delivered", "attempts": 1}
+    assert asyncio.run(JobBook(book).entry("webhook:msg_1")) is None

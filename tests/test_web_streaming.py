@@ -162,14 +162,20 @@ def test_a_failure_midway_ends_with_an_error_event_and_one_first_is_an_http_erro
     async def scenario() -> list[httpx.Response]:
         async with raw_client(app) as client:
             prompts = ["fail midway", "fail at once", "load"]
-            return [await client.post("/predict_stream", json={"prompt": p}) for p in prompts]
+            answers = [await client.post("/predict_stream", json={"prompt": p}) for p in prompts]
+            given = await client.post(
+                "/predict_stream", json={"prompt": "fail midway"}, headers={"x-request-id": "r-42"}
+            )
+            return [*answers, given]
 
-    midway, at_once, load = asyncio.run(scenario())
+    midway, at_once, load, given = asyncio.run(scenario())
+    request_id = midway.headers["x-request-id"]  # the id the server made: in the header and in the error event
     assert events(midway.text) == [
         (None, "one "),
         (None, "two "),
-        ("error", {"detail": "inference failed: ValueError: boom"}),
+        ("error", {"detail": "inference failed: ValueError: boom", "request_id": request_id}),
     ]
+    assert events(given.text)[-1] == ("error", {"detail": "inference failed: ValueError: boom", "request_id": "r-42"})
     assert (at_once.status_code, at_once.json()["detail"]) == (400, "no such prompt")
     assert load.status_code == 503 and "weights are missing" in load.json()["detail"]
 

@@ -141,7 +141,10 @@ class ModalRuntime:
         entry = await self.job_book.entry(job_id) if self.job_book is not None else None
         if entry is not None and entry.status == "cancelled":
             return entry.as_job()
-        job = await self._call_state(job_id)
+        try:
+            job = await self._call_state(job_id)
+        except JobExpired as exc:  # whose it was decides who is told so (anyone else: unknown)
+            raise JobExpired(str(exc), entry.owner if entry is not None else None) from None
         if job is None or entry is None or self.job_book is None:
             return job
         update: dict[str, Any] = {"owner": entry.owner, "created_at": entry.created_at}
@@ -189,6 +192,9 @@ class ModalRuntime:
         if job is None or not job.pending:
             return job
         await self._function_call.from_id(job_id).cancel.aio()
+        after = await self._call_state(job_id)  # a call that finished before the cancel reached it is left so
+        if after is not None and after.status in ("succeeded", "failed"):
+            return await self.job(job_id)
         if self.job_book is not None:
             entry = await self.job_book.entry(job_id)
             if entry is not None:

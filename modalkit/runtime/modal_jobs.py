@@ -96,6 +96,8 @@ class JobBook:
         return entry
 
     async def entry(self, job_id: str) -> Entry | None:
+        if job_id.startswith(WEBHOOK_KEY):  # a webhook's record, never a job's entry
+            return None
         return Entry.read(job_id, await self.store.get.aio(job_id))
 
     async def mark(self, entry: Entry, status: JobState) -> Entry:

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from modalkit.config.schema import WebhookConfig
-from modalkit.exceptions import ConfigError, WebhookFailed, WebhookNotAllowed
-from modalkit.jobs import MAX_PAGE, AsyncRequest, Job, JobPage, JobState, page_cursor, read_cursor
+from modalkit.exceptions import ConfigError, JobExpired, WebhookFailed, WebhookNotAllowed
+from modalkit.jobs import MAX_PAGE, AsyncRequest, Job, JobPage, JobState, page_cursor, read_cursor, visible_to
 from modalkit.sinks import queue_allowed
 from modalkit.web.auth import job_owner
 from modalkit.web.body import errors_at, parse_async, parse_json
@@ -156,9 +156,16 @@ def unknown_job(job_id: str) -> str:
 
 
 async def visible_job(served: Served, job_id: str, request: Request) -> Job:
-    """The job, if the caller may see it; 404 otherwise, the same whether it is unknown or another client's."""
-    job = await served.runtime.job(job_id)
-    if job is None or not job.visible_to(job_owner(request.scope)):
+    """The job, if the caller may see it; 404 otherwise, the same whether it is unknown or another client's (an
+    expired job is 410 to its owner only)."""
+    caller = job_owner(request.scope)
+    try:
+        job = await served.runtime.job(job_id)
+    except JobExpired as exc:
+        if not visible_to(exc.owner, caller):
+            raise HTTPException(404, unknown_job(job_id)) from None
+        raise
+    if job is None or not job.visible_to(caller):
         raise HTTPException(404, unknown_job(job_id))
     return job
 

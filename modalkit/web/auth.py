@@ -7,6 +7,7 @@ fingerprint (which owns the jobs it makes, see `job_owner`). The single-key form
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 
@@ -93,13 +94,14 @@ class ApiKeyAuth:
     """Pure ASGI, so it guards every route (docs included unless public) without a task per request.
 
     A request with a client's key is marked `authenticated`, with its client's name and its key's fingerprint,
-    on public routes too: `/health` shows more to it. A key is found by its fingerprint (a SHA-256 digest), so
-    comparing it tells nothing of the keys, however many clients there are.
+    on public routes too: `/health` shows more to it. Only the keys' fingerprints are kept; the given key's is
+    compared with every one of them in constant time (`hmac.compare_digest`), so how long it takes tells nothing
+    of which key, or how much of one, matched.
     """
 
     def __init__(self, app: ASGIApp, clients: Mapping[str, str], header: str, public_routes: frozenset[str]) -> None:
         self.app = app
-        self._clients = {key_fingerprint(key): name for name, key in clients.items()}
+        self._clients = [(key_fingerprint(key), name) for name, key in clients.items()]
         self._header = header.lower().encode()
         self._public = frozenset(public_routes)
         self._name = header
@@ -110,7 +112,7 @@ class ApiKeyAuth:
             return
         given = _given_key(scope, self._header)
         owner = key_fingerprint(given) if given is not None else None
-        client = self._clients.get(owner) if owner is not None else None
+        client = self._client_of(owner) if owner is not None else None
         if client is not None:
             scope.update({_AUTHENTICATED: True, _CLIENT: client, _OWNER: owner})
             await self.app(scope, receive, send)
@@ -126,6 +128,14 @@ class ApiKeyAuth:
             else "invalid API key"
         )
         await send_error(scope, send, 401, detail, ((b"www-authenticate", self._name.encode()),))
+
+    def _client_of(self, owner: str) -> str | None:
+        """The client whose key has this fingerprint: every client's is compared, none skipped once one matched."""
+        found = None
+        for fingerprint, name in self._clients:
+            if hmac.compare_digest(fingerprint, owner):
+                found = name
+        return found
 
 
 def _given_key(scope: Scope, header: bytes) -> bytes | None:

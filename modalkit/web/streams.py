@@ -15,6 +15,7 @@ from fastapi import Request
 from opentelemetry.trace import Span
 
 from modalkit import telemetry
+from modalkit.logs import REQUEST_ID
 from modalkit.outcome import Failure
 from modalkit.web.errors import failure_exception
 from modalkit.web.metrics import Metrics
@@ -89,4 +90,6 @@ def sse_event(data: bytes, event: str | None = None) -> bytes:
 
 
 def failure_event(failure: Failure) -> bytes:
-    return sse_event(json.dumps({"detail": failure.detail}).encode(), "error")
+    """`event: error` with `{"detail", "request_id"}`: the status line went out with the first chunk, so the id
+    that finds the failure in the server's logs travels in the event too (`x-request-id` is only a header)."""
+    return sse_event(json.dumps({"detail": failure.detail, "request_id": REQUEST_ID.get()}).encode(), "error")

@@ -113,7 +113,11 @@ def test_a_failure_midway_ends_with_an_error_event(single: Server) -> None:
     answer = httpx.post(f"{single.url}/predict_stream", json={"text": "f", "tokens": 6, "fail_at": 3}, timeout=60)
     events = [parse(block) for block in answer.text.strip().split("\n\n")]
     assert [data["index"] for _, data in events[:-1]] == [0, 1, 2]
-    assert events[-1] == ("error", {"detail": "inference failed: ValueError: the model broke at token 3"})
+    said = {
+        "detail": "inference failed: ValueError: the model broke at token 3",
+        "request_id": answer.headers["x-request-id"],
+    }
+    assert events[-1] == ("error", said)  # the request id that finds the failure in the server's logs
     refused = httpx.post(f"{single.url}/predict_stream", json={"text": "r", "reject_at": 0}, timeout=60)
     assert (refused.status_code, refused.json()["detail"]) == (409, "token 0 is refused")  # before any chunk
     invalid = httpx.post(f"{single.url}/predict_stream", json={"tokens": "many"}, timeout=60)
