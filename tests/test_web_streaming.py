@@ -47,6 +47,7 @@ SCRIPTS: dict[str, list[Any]] = {
     "user: hello\nassistant:": ["Hel", "lo wo", "rld", "!"],
     "hello": ["Hel", "lo wo", "rld", "!"],
     "fail midway": ["one ", "two ", Failure("error", "inference failed: ValueError: boom")],
+    "user: fail midway\nassistant:": ["one ", Failure("error", "inference failed: ValueError: boom")],
     "fail at once": [Failure("rejected", "no such prompt", 400)],
     "load": [Failure("load", "model 'm' failed to load: weights are missing")],
 }
@@ -312,3 +313,19 @@ def test_a_stream_is_one_request_span_with_a_generation_child_and_is_metered(ser
     assert 'modalkit_stream_chunks_total{route="/predict_stream"} 6.0' in metrics
     assert 'modalkit_streams_total{outcome="failed",route="/predict_stream"} 1.0' in metrics
     assert stats["streams"] == {"completed": 1, "failed": 1, "cancelled": 0, "chunks": 6}
+
+
+def test_an_openai_stream_that_fails_midway_ends_with_an_error_carrying_the_request_id(
+    services: dict[str, Any],
+) -> None:
+    app = create_web_endpoints(services["stream"], Prompt, Text, runtime=ScriptedRuntime())
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "fail midway"}], "stream": True}
+
+    async def scenario() -> httpx.Response:
+        async with raw_client(app) as client:
+            return await client.post("/v1/chat/completions", json=body, headers={"x-request-id": "r-7"})
+
+    answer = asyncio.run(scenario())
+    datas = [line[len("data: ") :] for line in answer.text.splitlines() if line.startswith("data: ")]
+    error = json.loads(next(d for d in datas if '"error"' in d))["error"]
+    assert error["request_id"] == "r-7" and error["type"] == "server_error" and "boom" in error["message"]

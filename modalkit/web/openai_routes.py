@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from modalkit.jobs import jsonable
+from modalkit.logs import REQUEST_ID
 from modalkit.outcome import Failure
 from modalkit.web.body import errors_at, parse_async
 from modalkit.web.errors import failure_exception
@@ -169,7 +170,12 @@ async def _events(chunks: AsyncIterator[Any], limits: TextLimits, answer: Answer
     async for piece in _texts(chunks, limits, answer):
         yield _data(answer.chunk(piece))
     if answer.failure is not None:  # the `openai` package raises APIError on an event with "error"
-        error = {"message": answer.failure.detail, "type": "server_error", "code": answer.failure.cause}
+        error = {
+            "message": answer.failure.detail,
+            "type": "server_error",
+            "code": answer.failure.cause,
+            "request_id": REQUEST_ID.get(),
+        }
         yield _data({"error": error})
         return
     yield _data(answer.chunk("", answer.finish_reason))

@@ -1,7 +1,8 @@
 """`POST /predict_stream`: a streaming service's chunks as server-sent events.
 
 One `data:` line of JSON per chunk, as the model yields it; `event: done` at the end; `event: error` with
-`{"detail"}` when the generation fails midway. A failure before the first chunk is an ordinary HTTP error.
+`{"detail", "request_id"}` when the generation fails midway. A failure before the first chunk is an ordinary
+HTTP error.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
