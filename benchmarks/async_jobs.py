@@ -1,8 +1,11 @@
 """Async jobs on the echo service: how fast `POST /predict_async` accepts, and how fast jobs finish.
 
-    python benchmarks/async_jobs.py [--jobs 5000] [--clients 64]
+    python benchmarks/async_jobs.py [--jobs 5000] [--clients 64] [--sync-seconds 10]
 
-Accepted/s: N submissions from C concurrent clients, each answered 202 once the job is stored.
+Sync: the same server's `POST /predict` echo, C clients in a closed loop, half before the jobs and half after
+them: the yardstick.
+Accepted/s: N submissions from C concurrent clients, each answered 202 once the job is stored (committed).
+The ratio is accepted jobs/s over sync requests/s, both measured here, on the one server.
 End to end: from the first submission until /health counts every job finished (polled every 20 ms);
 afterwards every job is read back with GET /predict_async/{job_id} and must be `succeeded` with its
 input echoed. Each run uses a fresh SQLite job store in a temporary folder.
@@ -21,7 +24,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import free_port, markdown_table, start_server, stop_server, wait_until_answers, write_section
+from _report import closed_loop, free_port, markdown_table, start_server, stop_server, wait_until_answers, write_section
 
 APP, CONFIG = "benchmarks/apps/echo_app.py", "benchmarks/apps/echo.yaml"
 
@@ -83,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--sync-seconds", type=float, default=10.0, help="how long the sync echo is measured")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,18 +99,41 @@ def main() -> None:
         try:
             base = f"http://127.0.0.1:{port}"
             wait_until_answers(server, f"{base}/predict", {"text": "warm"})  # a container is up
+            bodies = [{"text": f"sync {i}"} for i in range(256)]
+            asyncio.run(closed_loop(f"{base}/predict", bodies, args.clients, 2))  # warm
+            # Half before the jobs and half after them, so that a burst of load from elsewhere falls on both.
+            before = asyncio.run(closed_loop(f"{base}/predict", bodies, args.clients, args.sync_seconds / 2))
             r = asyncio.run(measure(base, args.jobs, args.clients))
+            after = asyncio.run(closed_loop(f"{base}/predict", bodies, args.clients, args.sync_seconds / 2))
         finally:
             stop_server(server)
 
-    header = ["jobs", "clients", "accepted jobs/s", "not 202", "end-to-end s", "end-to-end jobs/s", "not succeeded"]
-    row = [args.jobs, args.clients, *r.values()]
+    sync_per_s = (before["requests"] + after["requests"]) / sum(
+        half["requests"] / half["requests_per_s"] for half in (before, after)
+    )
+    ratio = r["accepted_per_s"] / sync_per_s
+    print(f"sync echo {sync_per_s:,.0f} req/s, accepted {r['accepted_per_s']:,.0f} jobs/s: {ratio:.2f}")
+    header = [
+        "jobs",
+        "clients",
+        "sync echo req/s",
+        "accepted jobs/s",
+        "accepted / sync",
+        "not 202",
+        "end-to-end s",
+        "end-to-end jobs/s",
+        "not succeeded",
+    ]
+    accepted, *rest = r.values()
+    row = [args.jobs, args.clients, sync_per_s, accepted, f"{ratio:.2f}", *rest]
     table = markdown_table(header, [row])
     print(table)
     notes = (
         "Echo service (benchmarks/apps/echo_app.py: no model, max_batch_size 32, wait_ms 2), one local "
         "container, SQLite job store (WAL) on the local disk; clients are aiohttp in the benchmark process "
-        "on the same cores. End to end runs from the first submission to the last job recorded `succeeded`."
+        "on the same cores. End to end runs from the first submission to the last job recorded `succeeded`. "
+        "Sync echo: `POST /predict` on the same server, half just before the jobs and half just after them, the "
+        "same clients in a closed loop. A 202 means the job is committed to the store."
     )
     write_section("async_jobs", f"{table}\n\n{notes}")
 

@@ -71,7 +71,8 @@ def serve(
 
     configure_logging(log_level, access_log=access_log)
     with _listen(host, port) as listening:  # bound before the app loads: a port in use is said at once
-        started = _run_server(_load_web_app(app_path, config_files), listening, log_level)
+        _launch_container_template(app_path, config_files)
+        started = _run_server(_load_web_app_taking_template(app_path, config_files), listening, log_level)
     if not started:
         sys.exit(STARTUP_FAILURE)
 
@@ -173,7 +174,7 @@ def stats(url: str, as_json: bool) -> None:
         click.echo(f"{kind} latency ms    p50 {p['p50']}  p95 {p['p95']}  p99 {p['p99']}")
     click.echo(f"batches            {data['batches']}  (mean size {data['mean_batch_size']})")
     click.echo(
-        f"estimated cost     ${cost['estimated_usd']:.6f} for {cost['container_seconds']} container-seconds"
+        f"estimated cost     ${cost['estimated_usd']:.4g} for {cost['container_seconds']} container-seconds"
         f" on {cost['gpu'] or 'CPU'} (Modal prices of {cost['prices_taken_on']})"
     )
 
@@ -246,6 +247,24 @@ def _load_web_app(app_path: str, config_files: str | None) -> Any:
         return find_web_app(_import_user_app(app_path))
     except ModalkitError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _launch_container_template(app_path: str, config_files: str | None) -> None:
+    """The process containers fork from imports the app and its libraries meanwhile, with the same config."""
+    from modalkit.runtime.local.template import launch_early
+
+    _choose_config(app_path, config_files)
+    launch_early(app_path)
+
+
+def _load_web_app_taking_template(app_path: str, config_files: str | None) -> Any:
+    """`_load_web_app`; its local runtime takes the template launched for it, which is stopped if none does."""
+    from modalkit.runtime.local.template import close_unadopted
+
+    try:
+        return _load_web_app(app_path, config_files)
+    finally:
+        close_unadopted()
 
 
 def _import_user_app(app_path: str) -> ModuleType:

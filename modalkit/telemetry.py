@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -61,7 +62,15 @@ def _otlp_exporter() -> Any:
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """Modalkit's tracer, made once per tracer provider (`get_tracer` makes a new one each call)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, provider.get_tracer(TRACER_NAME))
+    return _tracer[1]
+
+
+_tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
 
 def current_span_context() -> SpanContext | None:
@@ -78,6 +87,16 @@ def inject_current() -> dict[str, str]:
 
 def extract(carrier: dict[str, str]) -> otel_context.Context:
     return propagate.extract(carrier)
+
+
+_PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+
+def caller_context(scope: Mapping[str, Any]) -> otel_context.Context | None:
+    """The trace context an HTTP request's headers carry (W3C `traceparent`, `tracestate`, `baggage`); None when
+    they carry none, the common case, which then costs one look at each header name."""
+    carrier = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
+    return propagate.extract(carrier) if carrier else None
 
 
 def record_batch(

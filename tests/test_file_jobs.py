@@ -215,10 +215,10 @@ def dispatcher(store: JobStore, model: type[BaseModel], **queue: Any) -> JobDisp
 def test_the_dispatcher_stores_file_inputs_in_binary_and_others_as_json(tmp_path: Path) -> None:
     async def run() -> None:
         photos = dispatcher(JobStore(tmp_path / "photos.sqlite3"), PhotoIn)
-        photo_id = photos.accept("photo", AsyncRequest(photo(BLOB_THRESHOLD_BYTES * 2)))
+        photo_id = await photos.accept("photo", AsyncRequest(photo(BLOB_THRESHOLD_BYTES * 2)))
         assert columns(photos.store, photo_id)[2] is not None and blob_of(photos.store, photo_id).exists()
         texts = dispatcher(JobStore(tmp_path / "texts.sqlite3"), TextIn)
-        text_id = texts.accept("echo", AsyncRequest(TextIn(text="hi")))
+        text_id = await texts.accept("echo", AsyncRequest(TextIn(text="hi")))
         assert columns(texts.store, text_id) == ('{"text":"hi"}', None, None)  # exactly as before
 
     asyncio.run(run())
@@ -227,9 +227,9 @@ def test_the_dispatcher_stores_file_inputs_in_binary_and_others_as_json(tmp_path
 def test_blob_bytes_count_toward_the_store_budget(tmp_path: Path) -> None:
     async def run() -> None:
         jobs = dispatcher(JobStore(tmp_path / "jobs.sqlite3"), PhotoIn, max_store_bytes=4 * 1024 * 1024)
-        jobs.accept("photo", AsyncRequest(photo(1_000_000)))
+        await jobs.accept("photo", AsyncRequest(photo(1_000_000)))
         with pytest.raises(StoreFull) as refused:  # 1 MB stored, 1 MB kept for its result, 2 MB for this one
-            jobs.accept("photo", AsyncRequest(photo(1_200_000)))
+            await jobs.accept("photo", AsyncRequest(photo(1_200_000)))
         assert "max_store_bytes" in str(refused.value)
         assert len(list(jobs.store.blobs.iterdir())) == 1
 
@@ -241,7 +241,7 @@ def test_a_blob_that_cannot_be_written_refuses_the_job(tmp_path: Path) -> None:
         jobs = dispatcher(JobStore(tmp_path / "jobs.sqlite3"), PhotoIn)
         jobs.store.blobs.write_text("a file where the blob directory should be")
         with pytest.raises(ServiceUnavailable):
-            jobs.accept("photo", AsyncRequest(photo(BLOB_THRESHOLD_BYTES * 2)))
+            await jobs.accept("photo", AsyncRequest(photo(BLOB_THRESHOLD_BYTES * 2)))
         assert jobs.store.usage().rows == 0 and jobs.pending == 0
 
     asyncio.run(run())

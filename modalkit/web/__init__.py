@@ -13,13 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 
 from modalkit.runtime import Runtime
 from modalkit.telemetry import configure_tracing
 from modalkit.web.async_routes import add_async_routes
-from modalkit.web.auth import resolve_api_key
+from modalkit.web.auth import resolve_clients
+from modalkit.web.direct_routes import add_direct_routes
 from modalkit.web.errors import add_error_handlers
 from modalkit.web.metrics import Metrics
 from modalkit.web.middleware import add_middleware
@@ -30,6 +31,9 @@ from modalkit.web.predict_routes import PREDICT_PATHS, add_predict_routes
 from modalkit.web.served import Served, served_by
 from modalkit.web.stream_routes import STREAM_PATH, add_stream_routes
 
+# Each request's server span is `middleware.ServerSpans`'s; FastAPI's own telemetry would make a second one.
+_OWN_SPANS: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+DIRECT_ROUTES = [("POST", path) for path in (*PREDICT_PATHS, "/predict_async")]
 BODY_PATHS = frozenset({*PREDICT_PATHS, "/predict_batch", "/predict_async", STREAM_PATH, *OPENAI_BODY_PATHS})
 
 
@@ -54,22 +58,28 @@ def create_web_endpoints(
         finally:
             await served.runtime.stop()
 
-    app = FastAPI(title=served.config.app_name, lifespan=lifespan, max_body_size=served.limits.max_body_bytes)
+    app = FastAPI(
+        title=served.config.app_name,
+        lifespan=lifespan,
+        max_body_size=served.limits.max_body_bytes,
+        telemetry=_OWN_SPANS,
+    )
     app.state.served = served  # read back, typed, with `served_by(app)`
     add_error_handlers(app)
     metrics = Metrics(served.runtime.observe)
-    api_key = resolve_api_key(served.settings.auth_config)
-    add_middleware(app, served, BODY_PATHS, api_key, metrics)
+    api_keys = resolve_clients(served.settings.auth_config)
+    add_middleware(app, served, BODY_PATHS, api_keys, metrics)
     configure_tracing(served.config.app_name)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="metrics", exclude_spans=["receive", "send"])
     if served.streaming:
         add_stream_routes(app, served, metrics)
     else:
         add_predict_routes(app, served)
         add_async_routes(app, served)
+        if not served.uploads.enabled:  # an upload's form parsing and its larger body limit stay with FastAPI
+            add_direct_routes(app, DIRECT_ROUTES)
     add_openai_routes(app, served, metrics)
-    add_ops_routes(app, served, metrics, details_need_key=api_key is not None)
-    document_api(app, input_model, served.settings.auth_config if api_key is not None else None)
+    add_ops_routes(app, served, metrics, details_need_key=bool(api_keys))
+    document_api(app, input_model, served.settings.auth_config if api_keys else None)
     return app
 
 

@@ -27,10 +27,11 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 class Metrics:
     def __init__(self, observe: Callable[[], Observation]) -> None:
         self.registry = CollectorRegistry()
-        labels = ["route", "method", "status"]
+        labels = ["route", "method", "status", "client"]
         self.requests = PromCounter(
-            "modalkit_requests", "HTTP requests by route and status", labels, registry=self.registry
+            "modalkit_requests", "HTTP requests by route, status and client (API key)", labels, registry=self.registry
         )
+        self.clients: Counter[str] = Counter()  # requests by client name, for /stats
         self.latency = PromHistogram(
             "modalkit_request_duration_seconds",
             "HTTP request latency",
@@ -54,6 +55,11 @@ class Metrics:
         )
         self.stream_outcomes: Counter[str] = Counter()  # completed / failed / cancelled, for /stats
         self.registry.register(_RuntimeCollector(observe))
+
+    def count_request(self, route: str, method: str, status: int, client: str) -> None:
+        """One answered request; `client` is a configured client name or "anonymous" (bounded by the config)."""
+        self.requests.labels(route, method, str(status), client).inc()
+        self.clients[client] += 1
 
     def count_stream(self, route: str, outcome: str, chunks: int) -> None:
         self.streams.labels(route, outcome).inc()
@@ -202,6 +208,6 @@ def estimate_cost(container_seconds: float, app: AppSettings) -> dict[str, Any]:
         "container_seconds": round(container_seconds, 3),
         "gpu": gpu,
         "usd_per_container_second": per_second,
-        "estimated_usd": round(per_second * container_seconds, 6),
+        "estimated_usd": float(f"{per_second * container_seconds:.4g}"),  # significant digits: small sums stay > 0
         "prices_taken_on": PRICES_TAKEN_ON,
     }

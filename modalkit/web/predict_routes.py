@@ -103,13 +103,18 @@ async def read_input(request: Request, served: Served) -> BaseModel:
 
 
 async def json_body(request: Request, served: Served) -> bytes:
-    """A JSON body, within `limits.max_body_bytes` (a route that takes uploads allows larger bodies)."""
+    """A JSON body, within `limits.max_body_bytes` (a route that takes uploads allows larger bodies): refused
+    from its `Content-Length`, or as soon as what arrives passes the limit."""
     most = served.limits.max_body_bytes
     refuse_oversized(request, most, "limits.max_body_bytes")
-    raw = await request.body()
-    if len(raw) > most:
-        raise HTTPException(413, f"the body is {len(raw)} bytes; at most {most} (limits.max_body_bytes)")
-    return raw
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > most:
+            raise HTTPException(413, f"the body is over {most} bytes (limits.max_body_bytes)")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def answered(request: Request, answer: Awaitable[Any], seconds: float) -> Any:
@@ -118,32 +123,36 @@ async def answered(request: Request, answer: Awaitable[Any], seconds: float) -> 
     Either way the answer is cancelled: a queued item never reaches the model, a running one's result is dropped.
     """
     pending = asyncio.ensure_future(answer)
-    watch = ClientWatch(request.receive, pending)
+    watch = ClientWatch(request.receive, pending, seconds)
     try:
-        return await asyncio.wait_for(pending, seconds)
-    except TimeoutError:
-        raise HTTPException(504, f"no result within {seconds:g} s (limits.request_timeout_seconds)") from None
+        return await pending
     except asyncio.CancelledError:
         if watch.gone:
             raise ClientDisconnect from None
+        if watch.timed_out:
+            raise HTTPException(504, f"no result within {seconds:g} s (limits.request_timeout_seconds)") from None
         raise
     finally:
         watch.close()
 
 
 class ClientWatch:
-    """Cancels `pending` when the client disconnects. Watching takes a task, so it starts only once the answer
-    is slow to come (`_WATCH_AFTER_S`): a quick answer costs a timer, and what waits in a queue is still dropped.
+    """Cancels `pending` when the client disconnects, or when `seconds` have passed. Watching the client takes a
+    task, so it starts only once the answer is slow to come (`_WATCH_AFTER_S`): a quick answer costs one timer,
+    the same that then waits for the deadline, and what waits in a queue is still dropped.
 
     The route has read the whole body, so what `receive` says next is `http.disconnect` (uvicorn says nothing
     else; a server that did would only lose the early cancel).
     """
 
-    def __init__(self, receive: Receive, pending: asyncio.Future[Any]) -> None:
+    def __init__(self, receive: Receive, pending: asyncio.Future[Any], seconds: float) -> None:
         self._receive = receive
         self._pending = pending
         self._task: asyncio.Task[bool] | None = None
-        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, self._start)
+        self.timed_out = False
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        self._timer = loop.call_later(min(_WATCH_AFTER_S, seconds), self._start)
 
     @property
     def gone(self) -> bool:
@@ -156,8 +165,14 @@ class ClientWatch:
             self._task.cancel()
 
     def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(_until_disconnect(self._receive))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(_until_disconnect(self._receive))
         self._task.add_done_callback(self._cancel_if_gone)
+        self._timer = loop.call_at(self._deadline, self._time_out)
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self._pending.cancel()
 
     def _cancel_if_gone(self, task: asyncio.Task[bool]) -> None:
         if self.gone:

@@ -7,8 +7,8 @@ while the request is answered (`modalkit.logs.REQUEST_ID`) and in every error bo
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +39,7 @@ def given_or_new(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return bytes(value).decode()
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as a UUID4's hex, without making a UUID
 
 
 def traceparent() -> bytes | None:

@@ -75,7 +75,8 @@ class Served:
 
     def requested_model(self, request: Request) -> str:
         """The `model_name` query parameter (default: the service's model); 404 for an entry that is not served."""
-        name = request.query_params.get("model_name") or self.default_model
+        query = request.scope.get("query_string")
+        name = (query and request.query_params.get("model_name")) or self.default_model  # no query: none to parse
         if name not in self.model_names:
             raise HTTPException(404, f"unknown model_name {name!r}; known: {', '.join(self.model_names)}")
         return name

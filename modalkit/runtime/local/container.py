@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from modalkit.app_loader import ServiceRef
 from modalkit.exceptions import ContainerDied, ContainerLoadFailed
 from modalkit.runtime.local import frames
+from modalkit.runtime.local.template import ContainerTemplate, ForkedProcess
 
 T = TypeVar("T")
 
@@ -22,11 +23,20 @@ EXIT_WAIT_S = 2.0  # after a pipe error, how long the process may take to exit b
 
 
 class Container:
-    def __init__(self, ref: ServiceRef, model_name: str, env: dict[str, str] | None = None) -> None:
+    """A container process: forked from `template` when it can, else spawned (`python -m ...worker`)."""
+
+    def __init__(
+        self,
+        ref: ServiceRef,
+        model_name: str,
+        env: dict[str, str] | None = None,
+        template: ContainerTemplate | None = None,
+    ) -> None:
         self.ref = ref
         self.model_name = model_name
         self.env = {**os.environ, **(env or {})}
-        self._proc: asyncio.subprocess.Process | None = None
+        self.template = template
+        self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self._exit: asyncio.Task[int] | None = None
 
     @property
@@ -41,11 +51,7 @@ class Container:
 
     async def start(self) -> None:
         try:
-            # A session of its own: a SIGINT or SIGTERM to the server's process group (Ctrl-C, killpg) leaves
-            # the container running, so the server can drain it; the worker exits when the server dies.
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._command(), stdin=PIPE, stdout=PIPE, env=self.env, start_new_session=True
-            )
+            self._proc = await self._launch()
         except Exception as exc:  # out of file descriptors or memory, interpreter gone: not the model's fault
             raise ContainerLoadFailed(f"the container process could not start: {type(exc).__name__}: {exc}") from None
         self._exit = asyncio.ensure_future(self._proc.wait())
@@ -58,6 +64,16 @@ class Container:
         if kind != "ready":
             await self.stop()
             raise ContainerLoadFailed(info)
+
+    async def _launch(self) -> asyncio.subprocess.Process | ForkedProcess:
+        forked = await self.template.fork(self.ref, self.model_name, self.env) if self.template else None
+        if forked is not None:
+            return forked
+        # A session of its own: a SIGINT or SIGTERM to the server's process group (Ctrl-C, killpg) leaves
+        # the container running, so the server can drain it; the worker exits when the server dies.
+        return await asyncio.create_subprocess_exec(
+            *self._command(), stdin=PIPE, stdout=PIPE, env=self.env, start_new_session=True
+        )
 
     def _command(self) -> tuple[str, ...]:
         worker = "modalkit.runtime.local.worker"

@@ -19,15 +19,18 @@ from modalkit import telemetry
 from modalkit.config.schema import QueueConfig, WebhookConfig
 from modalkit.exceptions import QueueFull, ServiceUnavailable, StoreFull
 from modalkit.files import file_fields
-from modalkit.jobs import AsyncRequest, job_outcome, new_job_id
+from modalkit.jobs import PENDING_STATES, AsyncRequest, Job, job_outcome, new_job_id
 from modalkit.outcome import Failure
 from modalkit.runtime.local.delivery import Deliveries
-from modalkit.runtime.local.job_store import JobStore, StoredJob
+from modalkit.runtime.local.group_commit import GroupCommit
+from modalkit.runtime.local.job_store import JobStore, StoredJob, StoreUsage
 from modalkit.runtime.local.pool import ContainerPool
 from modalkit.sinks import ResultSink
 
 logger = logging.getLogger("modalkit.jobs")
 
+CANCELLED = object()  # what the batcher future of a job cancelled while it runs is resolved with
+_USAGE_TTL_S = 0.1  # the store's size on disk is read at most this often while jobs are accepted
 _SWEEP_ROWS = 500  # expired jobs deleted per step of a sweep; the event loop runs between steps
 _SWEEP_PAGES = 256  # free pages given back to the file system per step
 
@@ -44,6 +47,7 @@ class JobDispatcher:
         webhooks: WebhookConfig | None = None,
     ) -> None:
         self.store = store
+        self.commits = GroupCommit(store)  # the jobs accepted in one turn of the event loop share a commit
         self._pools = pools
         self._input_model = input_model
         # An input with file fields is stored in binary form, its bytes as bytes (see job_store.py); else as JSON.
@@ -55,10 +59,13 @@ class JobDispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Expired results outlive their time to live by at most a quarter of it (10 s for long ones).
         self._sweep_s = min(10.0, max(0.25, config.result_ttl_seconds / 4))
+        self._usage: tuple[float, StoreUsage] | None = None  # when the store's usage was last read, and what it was
+        self._stored_since_usage = 0  # input bytes of the jobs accepted since then
         self._feeder: asyncio.Task[Any] | None = None
         self._housekeeper: asyncio.Task[Any] | None = None
         self.pending = 0
         self._reserved = 0  # bytes held for the results of pending jobs: as many as their inputs
+        self._answers: dict[str, asyncio.Future[Any]] = {}  # the batcher futures of the running jobs
 
     async def start(self) -> None:
         for job_id in self.store.resume():
@@ -87,37 +94,63 @@ class JobDispatcher:
                 await task
         await self.deliveries.stop()
 
-    def accept(self, model_name: str, request: AsyncRequest) -> str:
-        """Store the job (committed before this returns) and queue it; raises `QueueFull` past max_pending and
-        `StoreFull` past the store's budget."""
+    async def accept(self, model_name: str, request: AsyncRequest) -> str:
+        """Store the job (committed before this returns, in one commit with the jobs accepted beside it) and queue
+        it; raises `QueueFull` past max_pending and `StoreFull` past the store's budget."""
         if self.pending >= self._config.max_pending:
             raise QueueFull(f"{self.pending} async jobs are pending (queue_config.max_pending); retry later")
         payload = stored_form(request.message, self._binary)
         size = len(payload.encode()) if isinstance(payload, str) else len(payload)
         self._check_room(size)
+        self._stored_since_usage += size
         job_id = new_job_id()
         trace_context = telemetry.inject_current()  # the job's span joins the trace of the request that made it
+        self.pending += 1  # counted while it commits, so the jobs accepted beside it see it
+        self._reserved += size
+
+        def stored(committed: asyncio.Future[None]) -> None:  # even when the caller has left: the job is stored
+            if not committed.cancelled() and committed.exception() is None:
+                self._ready.put_nowait(job_id)
+            else:
+                self.pending -= 1
+                self._reserved -= size
+
+        committed = self.commits.insert(job_id, model_name, payload, request, trace_context)
+        committed.add_done_callback(stored)
         try:
-            self.store.insert(job_id, model_name, payload, request, trace_context)
+            await asyncio.shield(committed)
         except (sqlite3.Error, OSError) as exc:  # disk full, read-only, locked: refuse the job, keep the store intact
             logger.error("job store refused a job: %s", exc)
             raise ServiceUnavailable(f"the job store cannot take the job ({exc}); retry later", retry_after=5) from None
-        self.pending += 1
-        self._reserved += size
-        self._ready.put_nowait(job_id)
         return job_id
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job (committed before this returns); the job as it is now, None if unknown.
+
+        A queued job is never claimed. A running job's item is dropped by the batcher if no container took it yet;
+        if one did, its result is discarded when the batch ends. A finished job is left as it is.
+        """
+        before = self.store.cancel(job_id, self._config.result_ttl_seconds)
+        if before is None or before.status not in PENDING_STATES:
+            return before.as_job() if before is not None else None
+        self.pending -= 1
+        self._reserved -= before.size
+        answer = self._answers.pop(job_id, None)
+        if answer is not None and not answer.done():
+            answer.set_result(CANCELLED)  # the batcher skips an item whose future is done
+        return self.store.view(job_id)
 
     def _check_room(self, payload_bytes: int) -> None:
         """Finished jobs keep their results for result_ttl_seconds: the budget bounds the disk, whatever the rate.
 
         A job needs room for its input now and for its result later, which is reckoned as large as the input.
         """
-        config, used = self._config, self.store.usage()
-        if used.rows >= config.max_store_rows:
-            held = f"{used.rows} jobs (queue_config.max_store_rows is {config.max_store_rows})"
-        elif used.bytes + self._reserved + 2 * payload_bytes > config.max_store_bytes:
+        config, stored = self._config, self._store_usage().bytes + self._stored_since_usage
+        if self.store.rows >= config.max_store_rows:
+            held = f"{self.store.rows} jobs (queue_config.max_store_rows is {config.max_store_rows})"
+        elif stored + self._reserved + 2 * payload_bytes > config.max_store_bytes:
             held = (
-                f"{used.bytes} bytes and keeps {self._reserved} for the results of pending jobs; this job needs"
+                f"{stored} bytes and keeps {self._reserved} for the results of pending jobs; this job needs"
                 f" {2 * payload_bytes} (queue_config.max_store_bytes is {config.max_store_bytes})"
             )
         else:
@@ -130,6 +163,14 @@ class JobDispatcher:
             f" ({config.result_ttl_seconds} s), and the next one expires in about {retry_after} s: retry then",
             retry_after,
         )
+
+    def _store_usage(self) -> StoreUsage:
+        """The store's usage, read again once `_USAGE_TTL_S` passed (two PRAGMAs and two stats cost as much as the
+        rest of an accept); the inputs of the jobs accepted since are counted in `_stored_since_usage`."""
+        now = time.monotonic()
+        if self._usage is None or now - self._usage[0] > _USAGE_TTL_S:
+            self._usage, self._stored_since_usage = (now, self.store.usage()), 0
+        return self._usage[1]
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -162,9 +203,13 @@ class JobDispatcher:
                 "modalkit.job", context=telemetry.extract(job.trace_context), attributes=attributes
             ):
                 answer = self._pools[job.model_name].submit(item, solo=job.suspect, background=True)
+                self._answers[job_id] = answer
                 result = await self._within_job_timeout(answer)
         finally:
+            self._answers.pop(job_id, None)
             self._slots.release()
+        if result is CANCELLED:  # cancelled while it ran: the store says so already
+            return
         # A transient failure is not the job's fault until it happens again with the job alone.
         if isinstance(result, Failure) and result.transient and job.attempts < self._config.max_attempts:
             logger.warning("job %s: %s; retrying alone (attempt %d)", job_id, result.detail, job.attempts + 1)

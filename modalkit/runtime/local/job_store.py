@@ -15,13 +15,14 @@ import os
 import pickle
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from modalkit.jobs import PENDING_STATES, AsyncRequest, Delivery, DeliveryState, Job, JobState
+from modalkit.jobs import PENDING_STATES, AsyncRequest, Delivery, DeliveryState, Job, JobState, PageKey
 
 logger = logging.getLogger("modalkit.jobs")
 
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook_id TEXT,
     webhook TEXT,
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_error TEXT
+    webhook_error TEXT,
+    owner TEXT
 )
 """
 # Columns a store written by an older modalkit lacks; its delivery_pending = 1 becomes delivery = 'pending'.
@@ -68,17 +70,19 @@ _ADDED = {
     "webhook": "TEXT",
     "webhook_attempts": "INTEGER NOT NULL DEFAULT 0",
     "webhook_error": "TEXT",
+    "owner": "TEXT",
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
 CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery);
 CREATE INDEX IF NOT EXISTS jobs_webhook ON jobs (webhook);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at, id);
 """
 _COLUMNS = (
     "id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace_context, result,"
     " error, expires_at, delivery, delivery_attempts, delivery_error, payload_binary, blob_bytes, finished_at,"
-    " webhook_url, webhook_id, webhook, webhook_attempts, webhook_error"
+    " webhook_url, webhook_id, webhook, webhook_attempts, webhook_error, owner, created_at"
 )
 # Where each way of delivering a result keeps its state, attempts and last error.
 _CHANNEL_COLUMNS = {
@@ -122,6 +126,7 @@ class StoredJob:
     webhook: DeliveryState | None = None  # None: the job has no webhook (or has not finished)
     webhook_attempts: int = 0
     webhook_error: str | None = None
+    created_at: float | None = None
 
     @property
     def is_binary(self) -> bool:
@@ -169,6 +174,8 @@ class StoredJob:
             error=self.outcome if self.status == "failed" else None,
             delivery=delivery,
             webhook=webhook,
+            owner=self.request.owner,
+            created_at=self.created_at,
         )
 
 
@@ -251,8 +258,8 @@ class JobStore:
         try:
             self._db.execute(
                 "INSERT INTO jobs (id, model_name, status, payload, success_queue, failure_queue, meta, trace_context,"
-                " created_at, payload_binary, blob_bytes, webhook_url, webhook_id)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, payload_binary, blob_bytes, webhook_url, webhook_id, owner)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     model_name,
@@ -266,6 +273,7 @@ class JobStore:
                     blob_bytes,
                     request.webhook_url,
                     request.webhook_id,
+                    request.owner,
                 ),
             )
         except BaseException:
@@ -313,6 +321,47 @@ class JobStore:
             "UPDATE jobs SET status = 'queued', suspect = 1 WHERE id = ? AND status = 'running'", (job_id,)
         )
 
+    def cancel(self, job_id: str, ttl_seconds: int) -> StoredJob | None:
+        """queued/running -> cancelled, committed before this returns; the job as it was before (None: unknown).
+
+        A cancelled job is never claimed, resumed or finished (each of those wants it queued or running), is owed
+        to no queue or webhook, and is swept `ttl_seconds` from now like a finished one.
+        """
+        before = self.get(job_id)
+        if before is not None and before.status in PENDING_STATES:
+            now = time.time()
+            self._db.execute(
+                f"UPDATE jobs SET status = 'cancelled', finished_at = ?, expires_at = ? WHERE id = ?"
+                f" AND status IN {_PENDING}",
+                (now, now + ttl_seconds, job_id),
+            )
+        return before
+
+    def page(self, owner: str | None, status: JobState | None, limit: int, after: PageKey | None) -> list[Job]:
+        """Up to `limit` jobs, newest first, that follow `after` (the key of the last job of the previous page);
+        only `owner`'s unless it is None (auth off: every job), only those in `status` unless it is None."""
+        where: list[str] = []
+        args: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(after)
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(
+            f"SELECT id, status, attempts, created_at, owner FROM jobs {condition}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [
+            Job(job_id=job_id, status=state, attempts=attempts, created_at=created_at, owner=who)
+            for job_id, state, attempts, created_at, who in rows
+        ]
+
     def finish(self, job_id: str, status: JobState, outcome: Any, ttl_seconds: int, deliver: bool) -> bool:
         """running -> succeeded/failed, once: False if the job was not running (a duplicate completion).
 
@@ -358,7 +407,8 @@ class JobStore:
         return job.as_job() if job is not None else None
 
     def resume(self) -> list[str]:
-        """After a restart: jobs left running go back to queued; all queued job ids, oldest first."""
+        """After a restart: jobs left running go back to queued; all queued job ids, oldest first (a cancelled
+        job is neither, so it never runs again)."""
         self._db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
         return [r[0] for r in self._db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at")]
 
@@ -397,6 +447,11 @@ class JobStore:
         state = _CHANNEL_COLUMNS[channel][0]
         query = f"SELECT {state}, count(*) FROM jobs WHERE {state} IS NOT NULL GROUP BY {state}"
         return dict(self._db.execute(query).fetchall())
+
+    @property
+    def rows(self) -> int:
+        """Jobs stored now (kept in memory: no query)."""
+        return self._rows
 
     def usage(self) -> StoreUsage:
         pages = self._pragma("page_count") - self._pragma("freelist_count")
@@ -440,6 +495,37 @@ class JobStore:
     def _pragma(self, name: str) -> int:
         return int(self._db.execute(f"PRAGMA {name}").fetchone()[0])
 
+    def insert_group(
+        self, jobs: Sequence[tuple[str, str, str | bytes, AsyncRequest, dict[str, str] | None]]
+    ) -> list[Exception | None]:
+        """`insert` of every job (its arguments), in one transaction: one commit for all (`group_commit`).
+
+        Each job's error, in order (None: stored): a job whose row or blob file is refused fails alone. A failed
+        commit raises, and then no job of the group is stored.
+        """
+        errors: list[Exception | None] = []
+        rows, blob_bytes = self._rows, self._blob_bytes
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                try:
+                    self.insert(*job)
+                except (sqlite3.IntegrityError, OSError) as exc:  # SQLite undoes this statement, not the group
+                    errors.append(exc)
+                else:
+                    errors.append(None)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._rows, self._blob_bytes = rows, blob_bytes
+            for (job_id, *_), error in zip(jobs, errors, strict=False):
+                if error is None:  # its blob file, if it had one, names no row now
+                    with contextlib.suppress(ValueError):
+                        self._blob_path(job_id).unlink(missing_ok=True)
+            raise
+        return errors
+
 
 def _size(path: Path) -> int:
     try:
@@ -460,10 +546,10 @@ def _fsync_dir(path: Path) -> None:
 def _stored_job(row: tuple[Any, ...], blobs: Path) -> StoredJob:
     job_id, model_name, status, payload, success_queue, failure_queue, meta, attempts, suspect, trace = row[:10]
     result, error, expires_at, delivery, delivery_attempts, delivery_error, binary, blob_bytes = row[10:18]
-    finished_at, webhook_url, webhook_id, webhook, webhook_attempts, webhook_error = row[18:]
+    finished_at, webhook_url, webhook_id, webhook, webhook_attempts, webhook_error, owner, created_at = row[18:]
     stored = binary if binary is not None else payload
     meta_value = json.loads(meta) if meta else None
-    request = AsyncRequest(stored, success_queue, failure_queue, meta_value, webhook_url, webhook_id)
+    request = AsyncRequest(stored, success_queue, failure_queue, meta_value, webhook_url, webhook_id, owner)
     outcome = json.loads(result) if result is not None else json.loads(error) if error is not None else None
     return StoredJob(
         job_id=job_id,
@@ -486,4 +572,5 @@ def _stored_job(row: tuple[Any, ...], blobs: Path) -> StoredJob:
         webhook=webhook,
         webhook_attempts=webhook_attempts,
         webhook_error=webhook_error,
+        created_at=created_at,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,14 +17,17 @@ from pydantic import BaseModel
 from modalkit.app_loader import service_ref, user_class
 from modalkit.config import ModalConfig
 from modalkit.exceptions import ModalkitError
-from modalkit.jobs import AsyncRequest, Job
+from modalkit.jobs import AsyncRequest, Job, JobState, PageKey
 from modalkit.observation import Observation
 from modalkit.runtime.capacity import in_flight_window
+from modalkit.runtime.local.container import Container
 from modalkit.runtime.local.dispatcher import JobDispatcher
 from modalkit.runtime.local.job_store import JobStore
 from modalkit.runtime.local.pool import ContainerPool
-from modalkit.runtime.local.stream_pool import StreamPool
+from modalkit.runtime.local.stream_container import StreamContainer
+from modalkit.runtime.local.stream_pool import StreamPool, StreamSettings
 from modalkit.runtime.local.stream_worker import is_streaming
+from modalkit.runtime.local.template import ContainerTemplate
 from modalkit.sinks import ResultSink, make_sink
 
 
@@ -42,16 +46,21 @@ class LocalRuntime:
         # A streaming service has stream pools (its containers serve streams), any other container pools.
         self.pools: dict[str, ContainerPool] = {}
         self.stream_pools: dict[str, StreamPool] = {}
+        # Containers fork from one template process that has imported the app (else they are spawned).
+        self.template = ContainerTemplate.for_app(ref.app_path)
         if self.streaming:
-            self.stream_pools = {name: StreamPool.from_config(ref, name, config) for name in model_names}
+            streams, settings = partial(StreamContainer, template=self.template), StreamSettings.from_config(config)
+            self.stream_pools = {name: StreamPool(ref, name, settings, streams) for name in model_names}
         else:
-            self.pools = {name: ContainerPool.from_config(ref, name, config) for name in model_names}
+            batches = partial(Container, template=self.template)
+            self.pools = {name: ContainerPool.from_config(ref, name, config, batches) for name in model_names}
         self._input_model = input_model
         self._queue_backend = getattr(user_class(service), "queue_backend", None)
         self.sink = sink
         self.jobs: JobDispatcher | None = None
 
     async def start(self) -> None:
+        self.template.start()
         for stream_pool in self.stream_pools.values():
             await stream_pool.start()
         if self.streaming:
@@ -72,6 +81,7 @@ class LocalRuntime:
         await asyncio.gather(*(pool.stop() for pool in self._all_pools().values()))
         if self.jobs is not None:
             self.jobs.store.close()
+        self.template.close()
 
     def submit(self, model_name: str, item: Any) -> Awaitable[Any]:
         self._refuse_if_streaming()
@@ -80,13 +90,25 @@ class LocalRuntime:
     async def spawn(self, model_name: str, request: AsyncRequest) -> str:
         self._refuse_if_streaming()
         assert self.jobs is not None, "the runtime is not started"
-        return self.jobs.accept(model_name, request)
+        return await self.jobs.accept(model_name, request)
 
     async def job(self, job_id: str) -> Job | None:
         if self.streaming:
             return None  # a streaming service runs no jobs
         assert self.jobs is not None, "the runtime is not started"
         return self.jobs.store.view(job_id)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        if self.jobs is None:
+            return None  # a streaming service runs no jobs
+        return self.jobs.cancel(job_id)
+
+    async def list_jobs(
+        self, owner: str | None, status: JobState | None, limit: int, after: PageKey | None
+    ) -> list[Job]:
+        if self.jobs is None:
+            return []
+        return self.jobs.store.page(owner, status, limit, after)
 
     def stream(self, model_name: str, item: Any) -> AsyncIterator[Any]:
         """See `modalkit.runtime.Runtime.stream`."""

@@ -19,6 +19,7 @@ from modalkit.app_loader import ServiceRef
 from modalkit.outcome import Encoded, Failure
 from modalkit.runtime.local import frames
 from modalkit.runtime.local.container import EXIT_WAIT_S, Container, exit_reason
+from modalkit.runtime.local.template import ContainerTemplate
 
 logger = logging.getLogger("modalkit.pool")
 
@@ -36,8 +37,14 @@ class StreamSlot:
 class StreamContainer(Container):
     """A container process in stream mode (`stream_worker`); `claim` a slot, then `open_stream`."""
 
-    def __init__(self, ref: ServiceRef, model_name: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(ref, model_name, env)
+    def __init__(
+        self,
+        ref: ServiceRef,
+        model_name: str,
+        env: dict[str, str] | None = None,
+        template: ContainerTemplate | None = None,
+    ) -> None:
+        super().__init__(ref, model_name, env, template)
         self.recycling = False  # it reported a CUDA failure: it takes no new stream, and exits
         self.on_change: Callable[[], None] = lambda: None  # a slot freed, or the container can no longer serve
         self._streams: dict[int, StreamSlot] = {}

@@ -1,8 +1,9 @@
 """A local container: a process that runs `load_artefacts` once, then serves batches until stopped.
 
-Run by the container pool as `python -m modalkit.runtime.local.worker APP_PATH ATTRIBUTE MODEL_NAME`;
-frames arrive on stdin and leave on stdout, and anything the model prints goes to stderr. The server alone
-decides when a container stops: it ends at a "stop" frame, at the end of stdin, or when the server dies.
+Run by the container pool as `python -m modalkit.runtime.local.worker APP_PATH ATTRIBUTE MODEL_NAME`, or forked
+from the container template (`template_process`), which then calls `run`. Frames arrive on stdin and leave on
+stdout, and anything the model prints goes to stderr. The server alone decides when a container stops: it ends at
+a "stop" frame, at the end of stdin, or when the server dies.
 A `StreamingService` loads with `open_local` and serves streams instead of batches (`stream_worker`).
 """
 
@@ -31,11 +32,17 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 def main(argv: list[str]) -> int:
     app_path, attribute, model_name = argv
+    return run(ServiceRef(app_path, attribute), model_name)
+
+
+def run(ref: ServiceRef, model_name: str) -> int:
+    """The container's whole life, in a process whose stdin and stdout are the server's pipes (spawned, or forked
+    from the container template)."""
     _live_and_die_with_the_server()
     frames_in, frames_out = _take_over_stdio()
     container_logs.configure(model_name)
     try:
-        service = load_service(ServiceRef(app_path, attribute))
+        service = load_service(ref)
         service_class: Any = user_class(service)
         streaming = stream_worker.is_streaming(service_class)
         loaded: Any = service_class.open_local(model_name) if streaming else _batch_runner(service, model_name)
