@@ -390,3 +390,15 @@ def test_modal_parameters_must_have_a_modal_type(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"Bad.temperature: modal.parameter must be int, str, bytes or bool"):
         import_app(app_file)
+
+
+def test_the_image_requirements_without_package_metadata_are_pyprojects() -> None:
+    import tomllib
+
+    from modalkit.config import translate
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [d for d in project["dependencies"] if not d.startswith(("modal>", "uvicorn"))]
+    assert deps == translate._FALLBACK_REQUIREMENTS
+    extras = project["optional-dependencies"]
+    assert {"aws": extras["aws"], "taskiq": extras["taskiq"]} == translate._EXTRAS_FALLBACK

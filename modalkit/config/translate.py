@@ -15,18 +15,23 @@ if TYPE_CHECKING:
     from modalkit.config.schema import BuildConfig, DeploymentConfig
     from modalkit.config.settings import ModalkitSettings
 
-# Runtime dependencies of modalkit that a Modal image needs when modalkit is not installed as a package.
+# Runtime dependencies of modalkit that a Modal image needs when modalkit is not installed as a package: pyproject's
+# (tests/test_config_to_modal.py keeps them equal), less modal (Modal's own) and uvicorn (`modalkit serve` only).
 _FALLBACK_REQUIREMENTS = [
-    "fastapi>=0.110",
-    "pydantic>=2.7",
+    "fastapi>=0.164",
+    "uvloop>=0.19; sys_platform != 'win32'",
+    "httptools>=0.6",
+    "pydantic>=2.10",
     "pydantic-settings>=2.3",
     "pyyaml>=6",
-    "click>=8",
+    "click>=8.1",
     "redis>=5",
     "prometheus-client>=0.20",
     "httpx>=0.27",
-    "opentelemetry-sdk>=1.25",
-    "opentelemetry-instrumentation-fastapi>=0.46b0",
+    "python-multipart>=0.0.9",
+    "tqdm>=4.60",
+    "opentelemetry-sdk>=1.44",
+    "watchfiles>=0.19",
 ]
 
 
@@ -40,7 +45,7 @@ def modalkit_requirements() -> list[str]:
     return [r for r in base if not r.startswith(("modal>", "modal=", "modal<", "uvicorn"))]
 
 
-_EXTRAS_FALLBACK = {"aws": ["boto3>=1.28"], "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0"]}
+_EXTRAS_FALLBACK = {"aws": ["boto3>=1.28"], "taskiq": ["taskiq>=0.13", "taskiq-redis>=1.2.4"]}
 
 
 def extra_requirements(settings: ModalkitSettings) -> list[str]:
