@@ -61,8 +61,7 @@ class PoolStats:
     queue_wait: Histogram = field(default_factory=Histogram)  # per item: from its arrival until its batch began to run
     container_seconds: float = 0.0
     batch_seconds: float = 0.0  # how long a batch takes: a moving average, a cold batch restarts it
-    cores_per_batch: float | None = None  # cores a container used while running a batch: a moving average
-    cores_measured_at: float = float("-inf")  # when the last batch measured for it began (the loop's clock)
+    busy_seconds: float = 0.0  # inference time of every batch so far, as the containers timed it
     load_error: str | None = None  # why the last start failed to load the model; None once one loads
     _alive: dict[int, float] = field(default_factory=dict)  # when each life's container process started
     _phases: dict[int, Phase] = field(default_factory=dict)  # each container life's phase, by its key

@@ -492,7 +492,7 @@ def test_stop_answers_running_and_queued_items_as_unavailable(settings: PoolSett
 # --- what the scaling decisions measure ------------------------------------------------------------------------
 
 
-def test_the_core_meter_sees_the_machine_lose_the_core_a_busy_process_uses() -> None:
+def test_the_core_meter_sees_a_busy_container_use_a_core_and_the_machine_lose_it() -> None:
     import multiprocessing
     import time
 
@@ -503,15 +503,19 @@ def test_the_core_meter_sees_the_machine_lose_the_core_a_busy_process_uses() -> 
     spinner = multiprocessing.get_context("spawn").Process(target=_spin, args=(4.0,), daemon=True)
     spinner.start()
     try:
+        assert spinner.pid is not None
         time.sleep(0.5)  # started and spinning
         meter = CoreMeter(cores, interval_s=0.0)
-        meter.sample(time.monotonic())
-        assert meter.spare_cores is None  # one sample is no interval
-        spun = process_cpu_seconds(spinner.pid)
-        time.sleep(1.0)
-        meter.sample(time.monotonic())
-        used = (process_cpu_seconds(spinner.pid) or 0.0) - (spun or 0.0)
-        assert 0.5 < used <= 1.2  # it used about one core for the second
+        began = time.monotonic()
+        meter.sample(began, [spinner.pid], busy_seconds=0.0)
+        assert meter.spare_cores is None and meter.cores_per_container is None  # one sample is no interval
+        time.sleep(0.1)
+        meter.sample(time.monotonic(), [spinner.pid], busy_seconds=0.1)
+        assert meter.cores_per_container is None  # under MIN_BUSY_S of busy time: ticks of 10 ms say too little
+        time.sleep(0.9)
+        now = time.monotonic()
+        meter.sample(now, [spinner.pid], busy_seconds=now - began)  # as if it ran one batch all along
+        assert meter.cores_per_container is not None and 0.6 < meter.cores_per_container <= 1.2  # one core
         assert meter.spare_cores is not None and meter.spare_cores <= cores - 0.5
     finally:
         spinner.kill()

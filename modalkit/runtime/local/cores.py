@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from modalkit.config import ModalConfig
@@ -39,19 +40,30 @@ def process_cpu_seconds(pid: int | None) -> float | None:
 
 
 class CoreMeter:
-    """The machine's spare (idle) cores lately, smoothed over the last samples; None until two are taken.
+    """The machine's spare (idle) cores, and the cores a container uses while it runs a batch, each a moving
+    average; None until measured.
 
-    `sample` is cheap enough for every scaling tick: it reads /proc/stat at most every `interval_s`.
+    `sample` is cheap enough for every scaling tick: it reads /proc at most every `interval_s`. A container's
+    cores are its CPU time over its busy time (the inference time of its batches), summed over the ready
+    containers and over samples until `MIN_BUSY_S` of busy time is in: /proc counts CPU time in ticks of 10 ms,
+    so one short batch says nothing.
     """
 
-    def __init__(self, cores: int, interval_s: float = 0.5) -> None:
+    MIN_BUSY_S = 0.2
+
+    def __init__(self, cores: int, interval_s: float = 0.25) -> None:
         self.cores = cores
         self.interval_s = interval_s
         self.spare_cores: float | None = None
+        self.cores_per_container: float | None = None
         self._at: float | None = None
         self._machine = machine_ticks()
+        self._cpu: dict[int, float] = {}  # each ready container's CPU seconds at the last sample
+        self._busy = 0.0  # the pool's busy seconds at the last sample
+        self._cpu_in = self._busy_in = 0.0  # gathered since the last estimate
 
-    def sample(self, now: float) -> None:
+    def sample(self, now: float, pids: Iterable[int], busy_seconds: float) -> None:
+        """Take a sample: `pids` are the ready containers, `busy_seconds` all their batches' inference time."""
         if self._at is not None and now - self._at < self.interval_s:
             return
         machine = machine_ticks()
@@ -59,7 +71,14 @@ class CoreMeter:
             total, idle = machine[0] - self._machine[0], machine[1] - self._machine[1]
             if total > 0:
                 self.spare_cores = smooth(self.spare_cores, self.cores * idle / total)
-        self._at, self._machine = now, machine
+        cpu = {pid: seconds for pid in pids if (seconds := process_cpu_seconds(pid)) is not None}
+        if self._at is not None:
+            self._cpu_in += sum(seconds - self._cpu[pid] for pid, seconds in cpu.items() if pid in self._cpu)
+            self._busy_in += busy_seconds - self._busy
+            if self._busy_in >= self.MIN_BUSY_S:
+                self.cores_per_container = smooth(self.cores_per_container, self._cpu_in / self._busy_in)
+                self._cpu_in = self._busy_in = 0.0
+        self._at, self._machine, self._cpu, self._busy = now, machine, cpu, busy_seconds
 
 
 def smooth(last: float | None, new: float) -> float:

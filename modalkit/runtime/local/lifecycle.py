@@ -24,9 +24,6 @@ from modalkit.observation import PoolStats
 from modalkit.outcome import Cause, Failure
 from modalkit.runtime.local.batcher import Batcher, Pending, resolve
 from modalkit.runtime.local.container import exit_reason
-from modalkit.runtime.local.cores import process_cpu_seconds, smooth
-
-_CORES_EVERY_S = 0.25  # how often a batch's cores are measured, at most
 
 logger = logging.getLogger("modalkit.pool")
 
@@ -313,10 +310,6 @@ class ContainerLife(Life[ContainerHandle]):
         `ahead`; why the container must go, or None if it serves on."""
         loop = asyncio.get_running_loop()
         started_ns, started = time.time_ns(), loop.time()
-        # What scaling weighs: the cores a container uses running a batch; /proc is read for a batch now and
-        # then (each read costs as much as a small request), which is all a moving average needs.
-        measure = started >= self._stats.cores_measured_at + _CORES_EVERY_S
-        cpu_before = process_cpu_seconds(container.pid) if measure else None
         ran = await self._run_or_fail_batch(container, batch, sent, ahead)
         if isinstance(ran, str):
             return ran
@@ -324,13 +317,8 @@ class ContainerLife(Life[ContainerHandle]):
         for pending, result in zip(batch, results, strict=True):
             resolve(pending, result)
         done = loop.time()
-        cpu_after = process_cpu_seconds(container.pid) if cpu_before is not None else None
-        if cpu_before is not None and cpu_after is not None and done > started:
-            self._stats.cores_measured_at = started
-            self._stats.cores_per_batch = smooth(
-                self._stats.cores_per_batch, (cpu_after - cpu_before) / (done - started)
-            )
         inference_s = (inference_ns[1] - inference_ns[0]) / 1e9
+        self._stats.busy_seconds += inference_s  # what the scaling's core meter weighs the containers' CPU time by
         self._stats.record_batch(
             len(batch),
             cold,

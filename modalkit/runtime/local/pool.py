@@ -133,7 +133,7 @@ class ContainerPool(LifePool[ContainerLife]):
             min_containers=self.min_containers,
             max_containers=self.max_containers,
             spare_cores=meter.spare_cores,
-            cores_per_container=stats.cores_per_batch,
+            cores_per_container=meter.cores_per_container,
             devices=None if gpus is None else len(gpus),
         )
 
@@ -170,7 +170,7 @@ class ContainerPool(LifePool[ContainerLife]):
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(_SCALE_TICK_S)
-            self._cores_meter.sample(loop.time())
+            self._cores_meter.sample(loop.time(), self._pids(), self.stats.busy_seconds)
             if should_start_container(self.scaling_inputs()):
                 live, queued = self.stats.live + 1, len(self.batcher)
                 logger.info("scaling %r up to %d containers (%d queued)", self.model_name, live, queued)
