@@ -97,7 +97,8 @@ def main() -> None:
     table = markdown_table(header, rows)
     print(table)
     notes = (
-        f"Closed loop for {args.seconds:g} s per row after 2 s at the same load, aiohttp load generator in the benchmark process on the same "
+        f"Closed loop for {args.seconds:g} s per row after 2 s at the same load, aiohttp load generator in the "
+        "benchmark process on the same "
         f"{os.cpu_count()} cores as the server and its containers, so served figures include the client's CPU cost; "
         "direct: the model in the benchmark process at batch min(clients, 32), measured first in the same run. "
         "examples/minilm/modalkit.yaml unchanged: max_batch_size 32, wait_ms 10, max_containers 2; 'containers' is "
