@@ -35,12 +35,14 @@ format: install
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
-# LitServe is only for the comparison in vs_litserve.py: installed here, never a modalkit dependency.
+# LitServe (the comparison in vs_litserve.py) and matplotlib (plots.py draws its figures): installed here,
+# never modalkit dependencies.
 bench: install
-	$(BIN)/pip install --quiet litserve
+	$(BIN)/pip install --quiet litserve matplotlib
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/vs_litserve.py
+	$(BIN)/python benchmarks/plots.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/async_jobs.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cold_start.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/streaming.py
@@ -51,7 +53,7 @@ gpu-wheels: install
 	$(BIN)/pip download -q -d .gpu_wheels --python-version 3.12 --only-binary=:all: \
 		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 		--platform any "modal>=1.6.3,<1.7" fastapi uvicorn uvloop httptools pydantic pydantic-settings pyyaml click watchfiles \
-		redis prometheus-client httpx python-multipart tqdm opentelemetry-sdk opentelemetry-instrumentation-fastapi aiohttp
+		redis prometheus-client httpx python-multipart tqdm opentelemetry-sdk aiohttp
 
 docs: install
 	$(BIN)/mkdocs build --strict

@@ -14,7 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -67,6 +69,42 @@ async def closed_loop(url: str, bodies: list[Any], clients: int, seconds: float)
         "errors": errors,
         "requests": len(latencies),
     }
+
+
+@contextlib.contextmanager
+def config_file(config: str | Path) -> Iterator[None]:
+    """MODALKIT_CONFIG set to `config` for the block only, so that servers started later read their own."""
+    previous = os.environ.get("MODALKIT_CONFIG")
+    os.environ["MODALKIT_CONFIG"] = str(ROOT / config)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MODALKIT_CONFIG"]
+        else:
+            os.environ["MODALKIT_CONFIG"] = previous
+
+
+def load_model(app: str | Path, config: str | Path, service: str) -> tuple[ModuleType, Any]:
+    """APP's module and the model of its SERVICE, built and warmed in this process as a container builds it."""
+    from modalkit.app_loader import import_app, user_class
+
+    with config_file(config):
+        module = import_app(ROOT / app)
+        cls: Any = user_class(getattr(module, service))
+        settings = cls.modal_config.model_settings
+        name = cls.default_model_name()
+        implementation = cls.inference_implementation
+        folder = getattr(implementation, "model_folder_argument", "model_dir")
+        model = implementation(
+            model_name=name,
+            common_settings=dict(settings.common),
+            **{folder: settings.local_model_repository_folder},
+            **settings.model_entries.get(name, {}),
+        )
+    model.on_restore()
+    model.warmup()
+    return module, model
 
 
 def free_port() -> int:
