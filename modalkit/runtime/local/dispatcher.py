@@ -166,7 +166,8 @@ class JobDispatcher:
 
     def _store_usage(self) -> StoreUsage:
         """The store's usage, read again once `_USAGE_TTL_S` passed (two PRAGMAs and two stats cost as much as the
-        rest of an accept); the inputs of the jobs accepted since are counted in `_stored_since_usage`."""
+        rest of an accept), or when a job finished; the inputs of the jobs accepted since are counted in
+        `_stored_since_usage`."""
         now = time.monotonic()
         if self._usage is None or now - self._usage[0] > _USAGE_TTL_S:
             self._usage, self._stored_since_usage = (now, self.store.usage()), 0
@@ -236,6 +237,7 @@ class JobDispatcher:
             return
         self.pending -= 1
         self._reserved -= job.size
+        self._usage = None  # its result is stored now, which may be larger than the room kept for it
         if queue is not None:
             self.deliveries.schedule(job.job_id, queue)
         if job.request.webhook_url is not None:
