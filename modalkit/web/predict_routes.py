@@ -24,7 +24,7 @@ from modalkit.web.body import parse_async, parse_input_async, parse_inputs
 from modalkit.web.errors import failure_exception
 from modalkit.web.openapi import body_errors, input_ref, openapi_body
 from modalkit.web.served import Served
-from modalkit.web.uploads import is_upload, read_upload, read_upload_batch, refuse_oversized
+from modalkit.web.uploads import is_upload, read_limited, read_upload, read_upload_batch, refuse_oversized
 
 PREDICT_PATHS = ("/predict", "/predict_sync")
 _WATCH_AFTER_S = 0.05  # an answer quicker than this is not worth a task watching for the client to leave
@@ -107,14 +107,7 @@ async def json_body(request: Request, served: Served) -> bytes:
     from its `Content-Length`, or as soon as what arrives passes the limit."""
     most = served.limits.max_body_bytes
     refuse_oversized(request, most, "limits.max_body_bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > most:
-            raise HTTPException(413, f"the body is over {most} bytes (limits.max_body_bytes)")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return await read_limited(request, most, f"the body is over {most} bytes (limits.max_body_bytes)")
 
 
 async def answered(request: Request, answer: Awaitable[Any], seconds: float) -> Any:

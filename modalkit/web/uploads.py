@@ -106,8 +106,9 @@ async def _read_raw(request: Request, rules: UploadRules, envelope: Envelope) ->
     raw = rules.raw_field
     if raw is None:
         raise HTTPException(415, f"send {MULTIPART}: the input has {len(rules.fields)} file fields")
-    refuse_oversized(request, rules.max_file_bytes(raw))
-    data = await _read_limited(request, rules.max_file_bytes(raw))
+    most = rules.max_file_bytes(raw)
+    refuse_oversized(request, most)
+    data = await read_limited(request, most, f"the file is more than {most} bytes")
     filename = _filename(request.headers.get("content-disposition", ""))
     query = {k: v for k, v in request.query_params.items() if k != "model_name" and k not in envelope}
     values = {name: _text_value(rules.input_model, name, value) for name, value in query.items()}
@@ -192,15 +193,16 @@ def _file_value(rules: UploadRules, field: FileField, part: UploadFile) -> Any:
     return field.value(data, part.filename, content_type)
 
 
-async def _read_limited(request: Request, most: int) -> bytes:
+async def read_limited(request: Request, most: int, too_large: str) -> bytes:
+    """The body, refused with 413 `too_large` as soon as what arrives passes `most` bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > most:
-            raise HTTPException(413, f"the file is more than {most} bytes")
+            raise HTTPException(413, too_large)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _text_value(model: type[BaseModel], name: str, text: str) -> Any:
