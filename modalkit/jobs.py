@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from modalkit.ids import random_hex
 from modalkit.iomodel import reported_error
 from modalkit.outcome import Encoded, Failure, Reported, failure_body
 
@@ -24,12 +24,12 @@ MAX_PAGE = 100  # jobs in one page of `GET /predict_async`
 
 def new_job_id() -> str:
     """128 random bits: a job id cannot be guessed."""
-    return random_hex(16)
+    return secrets.token_hex(16)
 
 
 def new_webhook_id() -> str:
     """The `webhook-id` of a job's webhook: made when the job is accepted, the same on every try (receivers dedupe)."""
-    return f"msg_{random_hex(16)}"
+    return f"msg_{secrets.token_hex(16)}"
 
 
 @dataclass(frozen=True)

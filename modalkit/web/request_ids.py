@@ -7,12 +7,12 @@ while the request is answered (`modalkit.logs.REQUEST_ID`) and in every error bo
 
 from __future__ import annotations
 
+import os
 import re
 
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modalkit.ids import random_hex
 from modalkit.logs import REQUEST_ID
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -39,7 +39,7 @@ def given_or_new(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return bytes(value).decode()
             break
-    return random_hex(16)  # as random as a UUID4's hex, without making a UUID
+    return os.urandom(16).hex()  # as random as a UUID4's hex, without making a UUID
 
 
 def traceparent() -> bytes | None:
