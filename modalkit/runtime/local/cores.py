@@ -70,18 +70,18 @@ class CoreMeter:
         if self._at is not None and machine is not None and self._machine is not None:
             total, idle = machine[0] - self._machine[0], machine[1] - self._machine[1]
             if total > 0:
-                self.spare_cores = smooth(self.spare_cores, self.cores * idle / total)
+                self.spare_cores = _smooth(self.spare_cores, self.cores * idle / total)
         cpu = {pid: seconds for pid in pids if (seconds := process_cpu_seconds(pid)) is not None}
         if self._at is not None:
             self._cpu_in += sum(seconds - self._cpu[pid] for pid, seconds in cpu.items() if pid in self._cpu)
             self._busy_in += busy_seconds - self._busy
             if self._busy_in >= self.MIN_BUSY_S:
-                self.cores_per_container = smooth(self.cores_per_container, self._cpu_in / self._busy_in)
+                self.cores_per_container = _smooth(self.cores_per_container, self._cpu_in / self._busy_in)
                 self._cpu_in = self._busy_in = 0.0
         self._at, self._machine, self._cpu, self._busy = now, machine, cpu, busy_seconds
 
 
-def smooth(last: float | None, new: float) -> float:
+def _smooth(last: float | None, new: float) -> float:
     """A moving average that weighs the newest figure `_SMOOTHING`."""
     return new if last is None else (1 - _SMOOTHING) * last + _SMOOTHING * new
 
